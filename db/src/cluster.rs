@@ -1,0 +1,599 @@
+//! A private PostgreSQL cluster that the lab starts itself (`lab db up`).
+//!
+//! The cluster lives in a data directory the lab owns (see [`ClusterConfig::standard`]),
+//! listens on 127.0.0.1 only, on a port that is not 5432, trusts loopback connections only,
+//! and preloads `pg_stat_statements` when the server has it. PostgreSQL refuses to run as
+//! root, so when the lab runs as root every PostgreSQL program is started as an
+//! unprivileged account (`postgres` if it exists, else a `syscall-lab` system account that
+//! is created on first use).
+//!
+//! Every operation holds an exclusive `flock` on `<data_dir>.lock`, so two `lab db up`
+//! calls (or two test binaries) never race to initialise or start the same cluster.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use nix::fcntl::{Flock, FlockArg};
+use nix::unistd::{Uid, User};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, PgConnection};
+
+use crate::schema;
+
+/// Port of the cluster `lab db up` manages, unless `LAB_PGPORT` says otherwise.
+pub const DEFAULT_PORT: u16 = 54320;
+/// Port of the cluster the test suites start, unless `LAB_TEST_PGPORT` says otherwise.
+pub const TEST_PORT: u16 = 54321;
+/// The database, role and password TechEmpower's verifier expects.
+pub const DATABASE: &str = "hello_world";
+pub const ROLE: &str = "benchmarkdbuser";
+pub const PASSWORD: &str = "benchmarkdbpass";
+
+/// Where a cluster lives and which port it listens on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    pub data_dir: PathBuf,
+    pub port: u16,
+}
+
+impl ClusterConfig {
+    /// The cluster of `lab db up`. Data directory: `$LAB_PGDATA`, else
+    /// `/var/lib/syscall-lab/postgres` for root, else
+    /// `${XDG_DATA_HOME:-~/.local/share}/syscall-lab/postgres`. Port: `$LAB_PGPORT`, else
+    /// [`DEFAULT_PORT`].
+    pub fn standard() -> Self {
+        let data_dir = env_path("LAB_PGDATA").unwrap_or_else(|| {
+            if Uid::effective().is_root() {
+                PathBuf::from("/var/lib/syscall-lab/postgres")
+            } else {
+                let share = env_path("XDG_DATA_HOME").unwrap_or_else(|| {
+                    env_path("HOME")
+                        .unwrap_or_else(|| PathBuf::from("/tmp"))
+                        .join(".local/share")
+                });
+                share.join("syscall-lab/postgres")
+            }
+        });
+        ClusterConfig {
+            data_dir,
+            port: env_port("LAB_PGPORT").unwrap_or(DEFAULT_PORT),
+        }
+    }
+
+    /// The cluster the test suites share: in the system temporary directory (readable by
+    /// the unprivileged account even when the checkout sits under `/root`), on
+    /// `$LAB_TEST_PGPORT` or [`TEST_PORT`].
+    pub fn for_tests() -> Self {
+        let dir = std::env::temp_dir().join(format!("syscall-lab-{}", Uid::effective()));
+        ClusterConfig {
+            data_dir: dir.join("test-cluster"),
+            port: env_port("LAB_TEST_PGPORT").unwrap_or(TEST_PORT),
+        }
+    }
+
+    /// A throw-away cluster for a test that stops and restarts its database.
+    pub fn scratch(name: &str, port: u16) -> Self {
+        let dir = std::env::temp_dir().join(format!("syscall-lab-{}", Uid::effective()));
+        ClusterConfig {
+            data_dir: dir.join(name),
+            port,
+        }
+    }
+
+    /// The `DATABASE_URL` of this cluster's benchmark database.
+    pub fn url(&self) -> String {
+        format!(
+            "postgres://{ROLE}:{PASSWORD}@127.0.0.1:{}/{DATABASE}",
+            self.port
+        )
+    }
+
+    fn lock_path(&self) -> PathBuf {
+        let mut name = self.data_dir.file_name().unwrap_or_default().to_os_string();
+        name.push(".lock");
+        self.data_dir.with_file_name(name)
+    }
+}
+
+fn env_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os(name)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+}
+
+fn env_port(name: &str) -> Option<u16> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
+/// The directory holding `initdb`, `pg_ctl` and `postgres`.
+#[derive(Debug, Clone)]
+pub struct PgBinaries {
+    pub bindir: PathBuf,
+}
+
+/// What to tell a user whose machine has no PostgreSQL server.
+pub const MISSING_BINARIES: &str = "PostgreSQL server programs (initdb, pg_ctl, postgres) were \
+not found on PATH, through `pg_config --bindir`, or in /usr/lib/postgresql/*/bin. Install \
+them with `sudo apt-get install postgresql` (Debian/Ubuntu; the README's set-up commands do \
+this), or point the lab at an existing server with DATABASE_URL=postgres://...";
+
+impl PgBinaries {
+    /// Looks on PATH, then where `pg_config --bindir` says, then in Debian's versioned
+    /// directories, newest version first.
+    pub fn locate() -> Result<Self> {
+        let has_all = |dir: &Path| {
+            ["initdb", "pg_ctl", "postgres"]
+                .iter()
+                .all(|b| dir.join(b).is_file())
+        };
+        let mut candidates: Vec<PathBuf> = std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).collect())
+            .unwrap_or_default();
+        if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
+            if out.status.success() {
+                candidates.push(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()));
+            }
+        }
+        let mut versioned: Vec<(u32, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let version = e.file_name().to_str()?.parse::<u32>().ok()?;
+                Some((version, e.path().join("bin")))
+            })
+            .collect();
+        versioned.sort_by(|a, b| b.0.cmp(&a.0));
+        candidates.extend(versioned.into_iter().map(|(_, dir)| dir));
+        candidates
+            .into_iter()
+            .find(|dir| has_all(dir))
+            .map(|bindir| PgBinaries { bindir })
+            .context(MISSING_BINARIES)
+    }
+
+    fn program(&self, name: &str) -> PathBuf {
+        self.bindir.join(name)
+    }
+
+    /// Directory of loadable modules (`pg_stat_statements.so` lives there).
+    fn pkglibdir(&self) -> Option<PathBuf> {
+        let out = Command::new(self.program("pg_config"))
+            .arg("--pkglibdir")
+            .output()
+            .ok()?;
+        if out.status.success() {
+            return Some(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()));
+        }
+        // Debian's layout when the versioned pg_config is absent: <prefix>/<ver>/lib.
+        self.bindir.parent().map(|p| p.join("lib"))
+    }
+
+    fn has_pg_stat_statements(&self) -> bool {
+        self.pkglibdir()
+            .is_some_and(|d| d.join("pg_stat_statements.so").exists())
+    }
+}
+
+/// The unprivileged account PostgreSQL runs as when the lab itself runs as root.
+#[derive(Debug, Clone)]
+struct Account {
+    name: String,
+    uid: u32,
+    gid: u32,
+}
+
+const FALLBACK_ACCOUNT: &str = "syscall-lab";
+
+fn service_account() -> Result<Option<Account>> {
+    if !Uid::effective().is_root() {
+        return Ok(None);
+    }
+    for name in ["postgres", FALLBACK_ACCOUNT] {
+        if let Some(user) = User::from_name(name)? {
+            return Ok(Some(Account {
+                name: user.name,
+                uid: user.uid.as_raw(),
+                gid: user.gid.as_raw(),
+            }));
+        }
+    }
+    let status = Command::new("useradd")
+        .args([
+            "--system",
+            "--user-group",
+            "--no-create-home",
+            "--home-dir",
+            "/nonexistent",
+        ])
+        .args(["--shell", "/usr/sbin/nologin", FALLBACK_ACCOUNT])
+        .status()
+        .context(
+            "running useradd to create an account for PostgreSQL (it refuses to run as root)",
+        )?;
+    if !status.success() {
+        bail!("useradd {FALLBACK_ACCOUNT} failed ({status}); PostgreSQL refuses to run as root and needs an unprivileged account");
+    }
+    let user = User::from_name(FALLBACK_ACCOUNT)?.context("account just created is missing")?;
+    Ok(Some(Account {
+        name: user.name,
+        uid: user.uid.as_raw(),
+        gid: user.gid.as_raw(),
+    }))
+}
+
+/// What `up` found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpOutcome {
+    Started,
+    AlreadyRunning,
+}
+
+/// What `lab db status` prints.
+#[derive(Debug, Clone)]
+pub struct Status {
+    pub config: ClusterConfig,
+    pub initialised: bool,
+    pub pid: Option<u32>,
+    pub contents: Option<schema::Contents>,
+}
+
+/// A private cluster: its configuration, the PostgreSQL programs, and the account they
+/// run as.
+pub struct Cluster {
+    config: ClusterConfig,
+    binaries: PgBinaries,
+    account: Option<Account>,
+}
+
+impl Cluster {
+    pub fn new(config: ClusterConfig) -> Result<Self> {
+        let binaries = PgBinaries::locate()?;
+        let account = service_account()?;
+        Ok(Cluster {
+            config,
+            binaries,
+            account,
+        })
+    }
+
+    pub fn config(&self) -> &ClusterConfig {
+        &self.config
+    }
+
+    /// Initialises the data directory if needed, starts the server unless it already runs,
+    /// creates the database, applies migrations and seeds. Returns once queries succeed.
+    pub fn up(&self) -> Result<UpOutcome> {
+        let _lock = self.lock()?;
+        if !self.initialised() {
+            self.initdb()?;
+        }
+        self.write_config()?;
+        let outcome = if self.running_pid().is_some() {
+            UpOutcome::AlreadyRunning
+        } else {
+            self.start()?;
+            UpOutcome::Started
+        };
+        block_on(prepare_database(&self.config))?;
+        Ok(outcome)
+    }
+
+    /// Stops the server (fast shutdown: clients are disconnected, no data is lost).
+    /// Returns false when it was not running.
+    pub fn down(&self) -> Result<bool> {
+        let _lock = self.lock()?;
+        if self.running_pid().is_none() {
+            return Ok(false);
+        }
+        let out = self.run_as_account(
+            Command::new(self.binaries.program("pg_ctl"))
+                .arg("-D")
+                .arg(&self.config.data_dir)
+                .args(["-m", "fast", "-w", "-t", "60", "stop"]),
+        )?;
+        check(&out, "pg_ctl stop")?;
+        Ok(true)
+    }
+
+    /// Re-seeds: every `world` row drawn anew, fortunes rewritten, statistics cleared.
+    pub fn reset(&self) -> Result<()> {
+        self.up()?;
+        let url = self.config.url();
+        block_on(async move {
+            let pool = PgPoolOptions::new()
+                .max_connections(1)
+                .connect(&url)
+                .await?;
+            schema::reseed(&pool).await
+        })
+    }
+
+    pub fn status(&self) -> Status {
+        let pid = self.running_pid();
+        let contents = pid.and_then(|_| {
+            let url = self.config.url();
+            block_on(async move {
+                let pool = PgPoolOptions::new()
+                    .max_connections(1)
+                    .acquire_timeout(Duration::from_secs(3))
+                    .connect(&url)
+                    .await?;
+                schema::contents(&pool).await
+            })
+            .ok()
+        });
+        Status {
+            config: self.config.clone(),
+            initialised: self.initialised(),
+            pid,
+            contents,
+        }
+    }
+
+    fn initialised(&self) -> bool {
+        self.config.data_dir.join("PG_VERSION").is_file()
+    }
+
+    fn lock(&self) -> Result<Flock<File>> {
+        let path = self.config.lock_path();
+        if let Some(parent) = path.parent() {
+            create_traversable_dir(parent)?;
+        }
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("opening lock file {}", path.display()))?;
+        Flock::lock(file, FlockArg::LockExclusive)
+            .map_err(|(_, e)| e)
+            .with_context(|| format!("locking {}", path.display()))
+    }
+
+    /// The postmaster's pid when the server runs. A `postmaster.pid` left by a crash (its
+    /// pid gone, a zombie, or reused by something that is not PostgreSQL) is removed, so
+    /// the next start is not refused.
+    fn running_pid(&self) -> Option<u32> {
+        let pid_file = self.config.data_dir.join("postmaster.pid");
+        let text = fs::read_to_string(&pid_file).ok()?;
+        let pid: u32 = text.lines().next()?.trim().parse().ok()?;
+        let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if matches!(comm.trim(), "postgres" | "postmaster") && !is_zombie(pid) {
+            Some(pid)
+        } else {
+            // PostgreSQL would take a zombie's pid for a live server and refuse to start:
+            // remove its lock files (the data directory's and the socket's) ourselves.
+            let _ = fs::remove_file(&pid_file);
+            let _ = fs::remove_file(
+                self.config
+                    .data_dir
+                    .join(format!(".s.PGSQL.{}.lock", self.config.port)),
+            );
+            None
+        }
+    }
+
+    fn initdb(&self) -> Result<()> {
+        let dir = &self.config.data_dir;
+        if let Some(parent) = dir.parent() {
+            create_traversable_dir(parent)?;
+        }
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("creating data directory {}", dir.display()))?;
+        if let Some(account) = &self.account {
+            nix::unistd::chown(dir, Some(account.uid.into()), Some(account.gid.into()))
+                .with_context(|| format!("giving {} to account {}", dir.display(), account.name))?;
+        }
+        let out = self.run_as_account(
+            Command::new(self.binaries.program("initdb"))
+                .arg("-D")
+                .arg(dir)
+                .args([
+                    "-U",
+                    "postgres",
+                    "-A",
+                    "trust",
+                    "-E",
+                    "UTF8",
+                    "--locale=C",
+                    "--no-instructions",
+                ]),
+        )?;
+        check(&out, "initdb").with_context(|| {
+            format!(
+                "initialising {} (every parent folder must be readable by {})",
+                dir.display(),
+                self.account
+                    .as_ref()
+                    .map_or("the current user", |a| a.name.as_str())
+            )
+        })?;
+        // Loopback only: nothing outside this machine can reach the lab's database.
+        self.write_owned(
+            "pg_hba.conf",
+            "# Written by syscall-lab: trust loopback, nothing else.\n\
+             local all all trust\n\
+             host  all all 127.0.0.1/32 trust\n\
+             host  all all ::1/128 trust\n",
+        )?;
+        let mut conf = OpenOptions::new()
+            .append(true)
+            .open(dir.join("postgresql.conf"))?;
+        writeln!(conf, "\n# syscall-lab settings (rewritten by every `lab db up`)\ninclude_if_exists = 'syscall-lab.conf'")?;
+        Ok(())
+    }
+
+    fn write_config(&self) -> Result<()> {
+        let preload = if self.binaries.has_pg_stat_statements() {
+            "shared_preload_libraries = 'pg_stat_statements'\npg_stat_statements.track = all\n"
+        } else {
+            ""
+        };
+        let text = format!(
+            "listen_addresses = '127.0.0.1'\n\
+             port = {port}\n\
+             unix_socket_directories = '{dir}'\n\
+             max_connections = 300\n\
+             shared_buffers = 256MB\n\
+             # As TechEmpower runs it: commits do not wait for the WAL flush.\n\
+             synchronous_commit = off\n\
+             {preload}",
+            port = self.config.port,
+            dir = self.config.data_dir.display(),
+        );
+        self.write_owned("syscall-lab.conf", &text)
+    }
+
+    fn write_owned(&self, name: &str, text: &str) -> Result<()> {
+        let path = self.config.data_dir.join(name);
+        fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600))?;
+        if let Some(account) = &self.account {
+            nix::unistd::chown(&path, Some(account.uid.into()), Some(account.gid.into()))?;
+        }
+        Ok(())
+    }
+
+    fn start(&self) -> Result<()> {
+        let log = self.config.data_dir.join("postgres.log");
+        let out = self.run_as_account(
+            Command::new(self.binaries.program("pg_ctl"))
+                .arg("-D")
+                .arg(&self.config.data_dir)
+                .arg("-l")
+                .arg(&log)
+                .args(["-w", "-t", "60", "start"]),
+        )?;
+        if !out.status.success() {
+            let tail = fs::read_to_string(&log).unwrap_or_default();
+            let tail: Vec<&str> = tail.lines().rev().take(15).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            bail!(
+                "PostgreSQL did not start on 127.0.0.1:{} ({}):\n{}\n--- {} (last lines) ---\n{}",
+                self.config.port,
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim(),
+                log.display(),
+                tail.join("\n")
+            );
+        }
+        Ok(())
+    }
+
+    /// Runs a PostgreSQL program as the unprivileged account (or as ourselves when we are
+    /// not root), from a directory that account can enter.
+    fn run_as_account(&self, cmd: &mut Command) -> Result<Output> {
+        cmd.current_dir(self.config.data_dir.parent().unwrap_or(Path::new("/")))
+            .stdin(Stdio::null())
+            .env_remove("PGDATA")
+            .env_remove("PGPORT");
+        if let Some(account) = &self.account {
+            // std drops supplementary groups (setgroups(0)) before setuid when root.
+            cmd.uid(account.uid)
+                .gid(account.gid)
+                .env("HOME", "/tmp")
+                .env("USER", &account.name);
+        }
+        let program = format!("{:?}", cmd.get_program());
+        cmd.output().with_context(|| format!("running {program}"))
+    }
+}
+
+/// A killed postmaster whose parent has not reaped it yet still has a /proc entry.
+fn is_zombie(pid: u32) -> bool {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The state follows the parenthesised command name, which may itself hold spaces.
+    stat.rsplit_once(") ")
+        .is_some_and(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X'))
+}
+
+fn check(out: &Output, what: &str) -> Result<()> {
+    if out.status.success() {
+        return Ok(());
+    }
+    bail!(
+        "{what} failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim(),
+        String::from_utf8_lossy(&out.stdout).trim()
+    )
+}
+
+/// Creates a directory (and parents) that other accounts may traverse but not write.
+fn create_traversable_dir(dir: &Path) -> Result<()> {
+    if !dir.exists() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// Waits until the server takes queries, then creates the role and database if missing,
+/// applies migrations and seeds.
+async fn prepare_database(config: &ClusterConfig) -> Result<()> {
+    let admin = PgConnectOptions::new()
+        .host("127.0.0.1")
+        .port(config.port)
+        .username("postgres")
+        .database("postgres")
+        .disable_statement_logging();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut conn = loop {
+        match PgConnection::connect_with(&admin).await {
+            Ok(conn) => break conn,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(e).context(format!("connecting to 127.0.0.1:{}", config.port)),
+        }
+    };
+    let role_exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
+            .bind(ROLE)
+            .fetch_one(&mut conn)
+            .await?;
+    if !role_exists {
+        // Superuser so that it may create pg_stat_statements and reset its counters; the
+        // cluster trusts loopback only, so this grants nothing to anyone else.
+        sqlx::raw_sql("CREATE ROLE benchmarkdbuser LOGIN SUPERUSER PASSWORD 'benchmarkdbpass'")
+            .execute(&mut conn)
+            .await?;
+    }
+    let db_exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(DATABASE)
+            .fetch_one(&mut conn)
+            .await?;
+    if !db_exists {
+        sqlx::raw_sql(
+            "CREATE DATABASE hello_world OWNER benchmarkdbuser ENCODING 'UTF8' TEMPLATE template0",
+        )
+        .execute(&mut conn)
+        .await?;
+    }
+    conn.close().await?;
+    crate::prepare_url(&config.url()).await
+}
+
+/// Runs a future to completion on a private current-thread runtime, so that callers need
+/// no runtime of their own (the cluster is driven from plain `main`s and tests).
+fn block_on<T>(fut: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(fut)
+}

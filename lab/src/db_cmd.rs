@@ -1,0 +1,213 @@
+//! `lab db up|down|status|url|reset`: the lab's own PostgreSQL, or the one `DATABASE_URL`
+//! names.
+//!
+//! With `DATABASE_URL` set, nothing is started or stopped: `up` and `reset` migrate and
+//! seed that database, `url` prints it back.
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::Subcommand;
+use db::{Cluster, Database, UpOutcome};
+use serde::Serialize;
+
+#[derive(Subcommand)]
+pub enum DbCommand {
+    /// Start the lab's PostgreSQL (initialising it on first use), apply migrations and
+    /// seed. With DATABASE_URL set, only migrate and seed that database.
+    Up,
+    /// Stop the lab's PostgreSQL (fast shutdown; the data stays).
+    Down,
+    /// Say whether the lab's PostgreSQL runs, where it keeps its data, and what it holds.
+    Status {
+        /// Write the status as JSON to FILE (`-` for standard output).
+        #[arg(long, value_name = "FILE")]
+        json: Option<String>,
+    },
+    /// Print the DATABASE_URL the servers should use.
+    Url,
+    /// Re-seed: draw every world row anew, rewrite the fortunes, clear query statistics.
+    Reset,
+}
+
+#[derive(Serialize)]
+struct StatusReport {
+    kind: &'static str,
+    url: String,
+    running: bool,
+    pid: Option<u32>,
+    data_dir: Option<String>,
+    port: Option<u16>,
+    worlds: Option<i64>,
+    fortunes: Option<i64>,
+}
+
+pub fn run(cmd: DbCommand) -> Result<ExitCode> {
+    let database = Database::from_env();
+    match cmd {
+        DbCommand::Up => {
+            let url = match &database {
+                Database::External { .. } => {
+                    let url = database.ensure_ready()?;
+                    eprintln!(
+                        "DATABASE_URL is set: migrated and seeded {}",
+                        db::redact(&url)
+                    );
+                    url
+                }
+                Database::Embedded(config) => {
+                    let cluster = Cluster::new(config.clone())?;
+                    let outcome = cluster.up()?;
+                    let verb = match outcome {
+                        UpOutcome::Started => "started",
+                        UpOutcome::AlreadyRunning => "already running",
+                    };
+                    eprintln!(
+                        "PostgreSQL {verb} on 127.0.0.1:{} (data in {}); migrated and seeded.",
+                        config.port,
+                        config.data_dir.display()
+                    );
+                    config.url()
+                }
+            };
+            eprintln!("export DATABASE_URL={url}");
+            Ok(ExitCode::SUCCESS)
+        }
+        DbCommand::Down => match &database {
+            Database::External { .. } => {
+                eprintln!(
+                    "DATABASE_URL is set: that server is not the lab's to stop; nothing done."
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            Database::Embedded(config) => {
+                if Cluster::new(config.clone())?.down()? {
+                    eprintln!("PostgreSQL on 127.0.0.1:{} stopped.", config.port);
+                } else {
+                    eprintln!("PostgreSQL on 127.0.0.1:{} was not running.", config.port);
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+        },
+        DbCommand::Status { json } => {
+            let report = status(&database)?;
+            if let Some(path) = json {
+                let text = serde_json::to_string_pretty(&report)?;
+                if path == "-" {
+                    println!("{text}");
+                } else {
+                    std::fs::write(&path, text + "\n")?;
+                }
+            } else {
+                print_status(&report);
+            }
+            // Like `pg_ctl status`: exit 3 when the server is not running, for scripts.
+            Ok(if report.running {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(3)
+            })
+        }
+        DbCommand::Url => {
+            println!("{}", database.url());
+            Ok(ExitCode::SUCCESS)
+        }
+        DbCommand::Reset => {
+            match &database {
+                Database::External { url } => {
+                    let url = url.clone();
+                    database.ensure_ready()?;
+                    reseed_url(&url)?;
+                }
+                Database::Embedded(config) => Cluster::new(config.clone())?.reset()?,
+            }
+            eprintln!("Re-seeded {}.", db::redact(&database.url()));
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn status(database: &Database) -> Result<StatusReport> {
+    Ok(match database {
+        Database::External { url } => {
+            let contents = contents_of(url).ok();
+            StatusReport {
+                kind: "external",
+                url: url.clone(),
+                running: contents.is_some(),
+                pid: None,
+                data_dir: None,
+                port: None,
+                worlds: contents.map(|c| c.worlds),
+                fortunes: contents.map(|c| c.fortunes),
+            }
+        }
+        Database::Embedded(config) => {
+            let status = Cluster::new(config.clone())?.status();
+            StatusReport {
+                kind: "embedded",
+                url: config.url(),
+                running: status.pid.is_some(),
+                pid: status.pid,
+                data_dir: Some(config.data_dir.display().to_string()),
+                port: Some(config.port),
+                worlds: status.contents.map(|c| c.worlds),
+                fortunes: status.contents.map(|c| c.fortunes),
+            }
+        }
+    })
+}
+
+fn print_status(r: &StatusReport) {
+    let state = if r.running { "running" } else { "not running" };
+    match r.kind {
+        "embedded" => println!(
+            "lab PostgreSQL: {state}{}\n  data: {}\n  port: {}",
+            r.pid.map(|p| format!(" (pid {p})")).unwrap_or_default(),
+            r.data_dir.as_deref().unwrap_or("?"),
+            r.port.unwrap_or_default()
+        ),
+        _ => println!(
+            "DATABASE_URL server: {}",
+            if r.running {
+                "reachable"
+            } else {
+                "not reachable"
+            }
+        ),
+    }
+    println!("  url:  {}", db::redact(&r.url));
+    if let (Some(w), Some(f)) = (r.worlds, r.fortunes) {
+        println!("  rows: {w} world, {f} fortune");
+    }
+    if !r.running && r.kind == "embedded" {
+        println!("  start it with: lab db up");
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn contents_of(url: &str) -> Result<db::schema::Contents> {
+    runtime()?.block_on(async {
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(std::time::Duration::from_secs(3))
+            .connect(url)
+            .await?;
+        db::schema::contents(&pool).await
+    })
+}
+
+fn reseed_url(url: &str) -> Result<()> {
+    runtime()?.block_on(async {
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .connect(url)
+            .await?;
+        db::schema::reseed(&pool).await
+    })
+}
