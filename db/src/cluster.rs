@@ -149,7 +149,7 @@ impl PgBinaries {
                 Some((version, e.path().join("bin")))
             })
             .collect();
-        versioned.sort_by(|a, b| b.0.cmp(&a.0));
+        versioned.sort_by_key(|v| std::cmp::Reverse(v.0));
         candidates.extend(versioned.into_iter().map(|(_, dir)| dir));
         candidates
             .into_iter()

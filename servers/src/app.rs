@@ -1,0 +1,382 @@
+//! The application layer every variant shares: which route a request names, how
+//! `queries` is clamped, and the response each route gets. Nothing here knows how bytes
+//! reach the client; the I/O modules call in with a method and a target and write out the
+//! [`Response`] they get back.
+
+use std::future::Future;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::metrics::METRICS;
+use crate::render::{self, Fortune, World};
+
+pub const TEXT_PLAIN: &str = "text/plain";
+pub const APPLICATION_JSON: &str = "application/json";
+pub const TEXT_HTML: &str = "text/html; charset=utf-8";
+pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// The `Server` header of every response.
+pub const SERVER_NAME: &str = "syscall-lab";
+
+/// The most rows `/queries` and `/updates` touch per request.
+pub const MAX_QUERIES: usize = 500;
+
+/// How long a database route may take before it answers 503: a database that went away
+/// must not hang clients.
+pub const DATABASE_DEADLINE: Duration = Duration::from_secs(5);
+
+/// The routes of the API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    Plaintext,
+    Json,
+    Db,
+    Queries(usize),
+    Fortunes,
+    Updates(usize),
+    Health,
+    Metrics,
+}
+
+/// What a request line resolves to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resolved {
+    Route(Route),
+    NotFound,
+    MethodNotAllowed,
+}
+
+impl Resolved {
+    /// The `route` label of the request metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Resolved::Route(route) => route.label(),
+            Resolved::NotFound => "not_found",
+            Resolved::MethodNotAllowed => "method_not_allowed",
+        }
+    }
+}
+
+impl Route {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Route::Plaintext => "plaintext",
+            Route::Json => "json",
+            Route::Db => "db",
+            Route::Queries(_) => "queries",
+            Route::Fortunes => "fortunes",
+            Route::Updates(_) => "updates",
+            Route::Health => "health",
+            Route::Metrics => "metrics",
+        }
+    }
+
+    /// Whether answering needs the database.
+    pub fn uses_database(&self) -> bool {
+        matches!(
+            self,
+            Route::Db | Route::Queries(_) | Route::Fortunes | Route::Updates(_) | Route::Health
+        )
+    }
+}
+
+/// Resolves a method and request target (`/path?query`). Only GET is served; another
+/// method on a known path is 405, an unknown path is 404 whatever the method.
+pub fn resolve(method: &str, target: &str) -> Resolved {
+    let (path, query) = match target.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (target, None),
+    };
+    let route = match path {
+        "/plaintext" => Route::Plaintext,
+        "/json" => Route::Json,
+        "/db" => Route::Db,
+        "/queries" => Route::Queries(clamp_queries(query)),
+        "/fortunes" => Route::Fortunes,
+        "/updates" => Route::Updates(clamp_queries(query)),
+        "/health" => Route::Health,
+        "/metrics" => Route::Metrics,
+        _ => return Resolved::NotFound,
+    };
+    if method == "GET" {
+        Resolved::Route(route)
+    } else {
+        Resolved::MethodNotAllowed
+    }
+}
+
+/// The `queries` parameter: missing, empty, not an integer or below 1 gives 1; above
+/// [`MAX_QUERIES`] gives 500. Never an error.
+pub fn clamp_queries(query: Option<&str>) -> usize {
+    let value = query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .find_map(|pair| pair.strip_prefix("queries="))
+        .unwrap_or("");
+    match value.parse::<i64>() {
+        Ok(n) => n.clamp(1, MAX_QUERIES as i64) as usize,
+        // Digits too many for i64 are still a number, and a huge one.
+        Err(_) if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) => MAX_QUERIES,
+        Err(_) => 1,
+    }
+}
+
+/// A response, ready for any I/O model to frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: Bytes,
+}
+
+impl Response {
+    pub fn new(status: u16, content_type: &'static str, body: impl Into<Bytes>) -> Self {
+        Response {
+            status,
+            content_type,
+            body: body.into(),
+        }
+    }
+
+    pub fn text(status: u16, body: &'static str) -> Self {
+        Response::new(status, TEXT_PLAIN, Bytes::from_static(body.as_bytes()))
+    }
+
+    pub fn not_found() -> Self {
+        Response::text(404, "not found\n")
+    }
+
+    pub fn method_not_allowed() -> Self {
+        Response::text(405, "only GET is served here\n")
+    }
+
+    /// A database failure: 503 with a short plain-text reason.
+    pub fn database_unavailable(error: &DatabaseError) -> Self {
+        Response::new(503, TEXT_PLAIN, format!("database unavailable: {error}\n"))
+    }
+}
+
+/// The reason phrase of every status the servers send.
+pub fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        413 => "Content Too Large",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        503 => "Service Unavailable",
+        _ => "Unknown",
+    }
+}
+
+/// A complete response that closes the connection, for requests rejected before a route
+/// was known (malformed, too large, too slow). Every variant sends the same bytes.
+pub fn error_response_bytes(status: u16) -> Vec<u8> {
+    let body = match status {
+        400 => "malformed request\n",
+        408 => "request head not received in time\n",
+        413 => "request body too large\n",
+        431 => "request head too large\n",
+        501 => "transfer encoding not supported\n",
+        _ => "request rejected\n",
+    };
+    let date = crate::date::now();
+    format!(
+        "HTTP/1.1 {status} {}\r\nServer: {SERVER_NAME}\r\nDate: {}\r\nContent-Type: {TEXT_PLAIN}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        reason(status),
+        std::str::from_utf8(&date).unwrap_or_default(),
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// Why a database route failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseError {
+    /// The driver failed (connection refused, reset, closed pool...).
+    Driver(String),
+    /// No answer within [`DATABASE_DEADLINE`].
+    Timeout,
+}
+
+impl std::fmt::Display for DatabaseError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DatabaseError::Driver(reason) => f.write_str(reason),
+            DatabaseError::Timeout => {
+                write!(f, "no answer within {} s", DATABASE_DEADLINE.as_secs())
+            }
+        }
+    }
+}
+
+/// The database as the async variants see it. Each method performs real round trips:
+/// nothing is cached between requests.
+pub trait AsyncStore: Sync {
+    fn world(&self, id: i32) -> impl Future<Output = Result<World, DatabaseError>> + Send;
+    /// One query per id, each its own statement.
+    fn worlds(&self, ids: &[i32])
+        -> impl Future<Output = Result<Vec<World>, DatabaseError>> + Send;
+    fn fortunes(&self) -> impl Future<Output = Result<Vec<Fortune>, DatabaseError>> + Send;
+    /// Reads each id, then writes every new number in one bulk UPDATE.
+    fn update(
+        &self,
+        changes: &[World],
+    ) -> impl Future<Output = Result<Vec<World>, DatabaseError>> + Send;
+    fn ping(&self) -> impl Future<Output = Result<(), DatabaseError>> + Send;
+    /// Pool connections (in use, idle), for `/metrics`.
+    fn pool_state(&self) -> (usize, usize);
+}
+
+/// The response an async variant sends for a route.
+pub async fn respond<S: AsyncStore>(route: Route, store: &S) -> Response {
+    match route {
+        Route::Plaintext => Response::new(200, TEXT_PLAIN, Bytes::from_static(b"Hello, World!")),
+        Route::Json => Response::new(200, APPLICATION_JSON, render::json_message()),
+        Route::Metrics => Response::new(200, PROMETHEUS_TEXT, METRICS.render(store.pool_state())),
+        _ => match tokio::time::timeout(DATABASE_DEADLINE, respond_from_database(route, store))
+            .await
+        {
+            Ok(Ok(response)) => response,
+            Ok(Err(error)) if route == Route::Health => health_failed(&error),
+            Ok(Err(error)) => Response::database_unavailable(&error),
+            Err(_) if route == Route::Health => health_failed(&DatabaseError::Timeout),
+            Err(_) => Response::database_unavailable(&DatabaseError::Timeout),
+        },
+    }
+}
+
+async fn respond_from_database<S: AsyncStore>(
+    route: Route,
+    store: &S,
+) -> Result<Response, DatabaseError> {
+    Ok(match route {
+        Route::Db => Response::new(
+            200,
+            APPLICATION_JSON,
+            render::world_json(&store.world(random_id()).await?),
+        ),
+        Route::Queries(n) => {
+            let ids: Vec<i32> = (0..n).map(|_| random_id()).collect();
+            Response::new(
+                200,
+                APPLICATION_JSON,
+                render::worlds_json(&store.worlds(&ids).await?),
+            )
+        }
+        Route::Fortunes => Response::new(
+            200,
+            TEXT_HTML,
+            render::fortunes_html(store.fortunes().await?),
+        ),
+        Route::Updates(n) => {
+            let changes = planned_updates(n);
+            Response::new(
+                200,
+                APPLICATION_JSON,
+                render::worlds_json(&store.update(&changes).await?),
+            )
+        }
+        Route::Health => {
+            store.ping().await?;
+            Response::text(200, "ok\n")
+        }
+        Route::Plaintext | Route::Json | Route::Metrics => {
+            unreachable!("answered without the database")
+        }
+    })
+}
+
+fn health_failed(error: &DatabaseError) -> Response {
+    Response::new(
+        503,
+        TEXT_PLAIN,
+        format!("unhealthy: database unavailable: {error}\n"),
+    )
+}
+
+fn random_id() -> i32 {
+    crate::rng::world_number()
+}
+
+/// `n` distinct random ids, each with the new number it will get. Distinct ids keep the
+/// response equal to what is persisted (one row cannot take two new values in one UPDATE).
+pub fn planned_updates(n: usize) -> Vec<World> {
+    let mut changes: Vec<World> = Vec::with_capacity(n);
+    while changes.len() < n {
+        let id = random_id();
+        if !changes.iter().any(|w| w.id == id) {
+            changes.push(World {
+                id,
+                random_number: crate::rng::world_number(),
+            });
+        }
+    }
+    changes
+}
+
+/// The arrays for `db::sql::UPDATE_WORLDS_BULK`, sorted by id so that concurrent requests
+/// lock rows in one order and cannot deadlock.
+pub fn bulk_update_arrays(changes: &[World]) -> (Vec<i32>, Vec<i32>) {
+    let mut sorted = changes.to_vec();
+    sorted.sort_unstable_by_key(|w| w.id);
+    sorted.iter().map(|w| (w.id, w.random_number)).unzip()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queries_are_clamped_never_rejected() {
+        for (query, expected) in [
+            (None, 1),
+            (Some(""), 1),
+            (Some("queries="), 1),
+            (Some("queries=foo"), 1),
+            (Some("queries=0"), 1),
+            (Some("queries=-3"), 1),
+            (Some("queries=2"), 2),
+            (Some("queries=500"), 500),
+            (Some("queries=501"), 500),
+            (Some("queries=99999999999999999999999"), 500),
+            (Some("x=1&queries=7"), 7),
+        ] {
+            assert_eq!(clamp_queries(query), expected, "{query:?}");
+        }
+    }
+
+    #[test]
+    fn resolution_tells_404_from_405() {
+        assert_eq!(resolve("GET", "/db"), Resolved::Route(Route::Db));
+        assert_eq!(
+            resolve("GET", "/queries?queries=3"),
+            Resolved::Route(Route::Queries(3))
+        );
+        assert_eq!(resolve("POST", "/json"), Resolved::MethodNotAllowed);
+        assert_eq!(resolve("GET", "/nope"), Resolved::NotFound);
+        assert_eq!(resolve("DELETE", "/nope"), Resolved::NotFound);
+    }
+
+    #[test]
+    fn updates_touch_distinct_ids_written_in_id_order() {
+        let changes = planned_updates(MAX_QUERIES);
+        let (ids, numbers) = bulk_update_arrays(&changes);
+        assert_eq!(ids.len(), MAX_QUERIES);
+        assert!(
+            ids.windows(2).all(|w| w[0] < w[1]),
+            "ids not strictly increasing"
+        );
+        for (id, number) in ids.iter().zip(&numbers) {
+            assert!(changes.contains(&World {
+                id: *id,
+                random_number: *number
+            }));
+        }
+    }
+}

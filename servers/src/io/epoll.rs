@@ -1,0 +1,283 @@
+//! The epoll variant: tokio's multi-thread runtime, hyper's HTTP/1.1, sqlx.
+//!
+//! Threads: one runtime worker per CPU (`--workers`), each running an epoll-driven event
+//! loop; any worker may run any connection's task (work stealing). The listener is one
+//! socket; the accept loop is a task like the others.
+//!
+//! Where the syscalls come from, per keep-alive request: one `recvfrom` when epoll said
+//! the socket is readable (tokio stops at a short read instead of reading again until
+//! EAGAIN), one `sendto`/`writev` of the response (pipelined responses are flushed
+//! together), and a share of `epoll_wait` that falls as load rises, because one wake-up
+//! serves every ready socket. A database route adds, per query, one `sendto` of
+//! Bind/Execute/Sync and one or more `recvfrom` on the database socket, plus the
+//! `epoll_wait` that waits for the answer. Wake-ups between workers are `futex` calls.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE, DATE, SERVER};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::watch;
+
+use crate::app::{self, AsyncStore, Resolved};
+use crate::cli::Args;
+use crate::database::sqlx_pool::SqlxPool;
+use crate::metrics::METRICS;
+use crate::{date, logging};
+
+pub fn run(args: &Args) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.workers())
+        .thread_name("tokio-worker")
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    runtime.block_on(serve(args))
+}
+
+async fn serve(args: &Args) -> Result<()> {
+    let url = args.database_url();
+    let store = Arc::new(SqlxPool::new(&url, args.pool_size())?);
+    tokio::spawn(wait_for_database(store.clone(), db::redact(&url)));
+
+    let listener = listen(args.listen)?;
+    tracing::info!(
+        "epoll variant serving http://{} with {} worker threads, up to {} database connections, log {:?}",
+        listener.local_addr()?,
+        args.workers(),
+        args.pool_size(),
+        args.log
+    );
+
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(super::HEADER_TIMEOUT)
+        .keep_alive(true)
+        // Responses to pipelined requests leave in one write, not one each.
+        .pipeline_flush(true)
+        // The shared date cache sets the header; hyper would format its own.
+        .auto_date_header(false);
+
+    // Every connection task holds a receiver: `send(true)` asks them to finish, and
+    // `closed()` resolves when the last one has.
+    let (stop_connections, stop_signal) = watch::channel(false);
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => {
+                    // Responses are written whole; Nagle would only delay them.
+                    let _ = stream.set_nodelay(true);
+                    tokio::spawn(serve_connection(http.clone(), stream, store.clone(), stop_signal.clone()));
+                }
+                Err(error) => {
+                    // EMFILE and friends: wait a little rather than spin on a full fd table.
+                    tracing::warn!("accept failed: {error}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    drop(stop_signal);
+    tracing::info!("shutting down: finishing in-flight requests");
+    let _ = stop_connections.send(true);
+    tokio::select! {
+        _ = stop_connections.closed() => tracing::info!("all connections closed"),
+        _ = tokio::time::sleep(super::SHUTDOWN_GRACE) => {
+            tracing::warn!("gave up on connections still open after {:?}", super::SHUTDOWN_GRACE)
+        }
+    }
+    Ok(())
+}
+
+/// Serves one connection until it closes, or until shutdown asks it to finish its
+/// current request. hyper drops a connection whose request head it cannot parse or that
+/// timed out without answering; the status the client is owed (400, 431, 408) is written
+/// here instead, on the socket hyper hands back.
+async fn serve_connection(
+    http: http1::Builder,
+    stream: TcpStream,
+    store: Arc<SqlxPool>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let service = service_fn(move |request| handle(request, store.clone()));
+    let mut connection = http.serve_connection(TokioIo::new(DeferredShutdown(stream)), service);
+    let result = tokio::select! {
+        result = &mut connection => result,
+        _ = async { drop(stop.wait_for(|stop| *stop).await) } => {
+            Pin::new(&mut connection).graceful_shutdown();
+            (&mut connection).await
+        }
+    };
+    let mut stream = connection.into_parts().io.into_inner().0;
+    let Err(error) = result else {
+        let _ = stream.shutdown().await;
+        return;
+    };
+    let status = if error.is_parse_too_large() {
+        431
+    } else if error.is_parse() {
+        400
+    } else if error.is_timeout() {
+        408
+    } else {
+        tracing::debug!("connection ended with an error: {error}");
+        return;
+    };
+    METRICS.record("bad_request", status, Duration::ZERO);
+    let _ = stream.write_all(&app::error_response_bytes(status)).await;
+    let _ = stream.shutdown().await;
+}
+
+/// The client socket as hyper sees it, except that hyper's `shutdown` is put off: on a
+/// parse error hyper shuts the write side before anything is written, and the status the
+/// client is owed could no longer be sent. The connection task shuts the socket itself
+/// once hyper is done. Reads and writes go straight to tokio's `TcpStream`, so their
+/// syscalls are the same as without the wrapper.
+struct DeferredShutdown(TcpStream);
+
+impl tokio::io::AsyncRead for DeferredShutdown {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for DeferredShutdown {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+fn listen(addr: SocketAddr) -> Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket
+        .bind(addr)
+        .with_context(|| format!("binding {addr} (is another server running there?)"))?;
+    Ok(socket.listen(super::LISTEN_BACKLOG)?)
+}
+
+async fn handle(
+    request: Request<Incoming>,
+    store: Arc<SqlxPool>,
+) -> Result<hyper::Response<Full<Bytes>>, Infallible> {
+    let started = Instant::now();
+    let _in_flight = METRICS.start_request();
+    let target = request.uri().path_and_query().map_or("/", |p| p.as_str());
+    let resolved = app::resolve(request.method().as_str(), target);
+    let response = match resolved {
+        Resolved::Route(route) => app::respond(route, &*store).await,
+        Resolved::NotFound => app::Response::not_found(),
+        Resolved::MethodNotAllowed => app::Response::method_not_allowed(),
+    };
+    let elapsed = started.elapsed();
+    METRICS.record(resolved.label(), response.status, elapsed);
+    logging::request(request.method().as_str(), target, response.status, elapsed);
+    Ok(to_hyper(response))
+}
+
+fn to_hyper(response: app::Response) -> hyper::Response<Full<Bytes>> {
+    let status = response.status;
+    let mut out = hyper::Response::new(Full::new(response.body));
+    *out.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let headers = out.headers_mut();
+    headers.insert(SERVER, HeaderValue::from_static(app::SERVER_NAME));
+    if let Ok(date) = HeaderValue::from_bytes(&date::now()) {
+        headers.insert(DATE, date);
+    }
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static(response.content_type),
+    );
+    if status == 405 {
+        headers.insert(ALLOW, HeaderValue::from_static("GET"));
+    }
+    out
+}
+
+/// Logs whether the database answers at start-up, and keeps trying until it does.
+async fn wait_for_database(store: Arc<SqlxPool>, url: String) {
+    let mut attempts = 0u32;
+    loop {
+        match store.ping().await {
+            Ok(()) => {
+                tracing::info!("database {url} reachable");
+                return;
+            }
+            Err(error) => {
+                if attempts == 0 {
+                    tracing::warn!(
+                        "database {url} not reachable ({error}); serving /plaintext and /json, database routes answer 503, retrying every 2 s"
+                    );
+                }
+                attempts += 1;
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let mut terminate =
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(error) => {
+                tracing::warn!("cannot watch SIGTERM ({error}); only Ctrl-C stops the server");
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        _ = terminate.recv() => tracing::info!("SIGTERM received"),
+    }
+}

@@ -1,0 +1,25 @@
+//! The I/O models: the only code in which the variants differ. Each module accepts
+//! connections, reads requests, waits, and writes responses its own way, and calls the
+//! shared [`crate::app`] for everything else.
+
+pub mod epoll;
+
+use anyhow::Result;
+
+use crate::cli::{Args, Variant};
+
+/// Serves until SIGINT or SIGTERM, then finishes in-flight requests and returns.
+pub fn run(args: &Args) -> Result<()> {
+    match args.variant {
+        Variant::Epoll => epoll::run(args),
+    }
+}
+
+/// How long shutdown waits for in-flight requests before giving up on them.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How long a client may take to send a complete request head.
+pub const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Pending connections the kernel queues for `accept`.
+pub const LISTEN_BACKLOG: u32 = 4096;

@@ -1,0 +1,256 @@
+//! Prometheus metrics shared by every variant, kept in plain atomics.
+//!
+//! Recording a request is a handful of relaxed atomic adds: no lock, no allocation and no
+//! syscall, so that measuring the servers does not change what is measured. `/metrics`
+//! renders the text exposition format on demand. Every variant exports the same names:
+//!
+//! - `lab_http_requests_total{route,status}`
+//! - `lab_http_request_duration_seconds{route}` (histogram)
+//! - `lab_http_requests_in_flight`
+//! - `lab_db_pool_connections{state="in_use"|"idle"}`
+//! - `lab_log_lines_dropped_total`
+//! - `lab_server_info{variant}`
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// Route labels, in the order of the counters below. `bad_request` covers requests the
+/// HTTP codec rejected before any route was known.
+pub const ROUTES: [&str; 11] = [
+    "plaintext",
+    "json",
+    "db",
+    "queries",
+    "fortunes",
+    "updates",
+    "health",
+    "metrics",
+    "not_found",
+    "method_not_allowed",
+    "bad_request",
+];
+
+/// Statuses counted by value; any other lands under "other".
+const STATUSES: [u16; 10] = [200, 400, 404, 405, 408, 413, 431, 500, 501, 503];
+
+/// Upper bounds of the latency histogram, in seconds.
+const BUCKETS: [f64; 16] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+const N_ROUTES: usize = ROUTES.len();
+const N_STATUSES: usize = STATUSES.len() + 1;
+const N_BUCKETS: usize = BUCKETS.len() + 1;
+
+pub struct Metrics {
+    requests: [[AtomicU64; N_STATUSES]; N_ROUTES],
+    buckets: [[AtomicU64; N_BUCKETS]; N_ROUTES],
+    duration_micros: [AtomicU64; N_ROUTES],
+    in_flight: AtomicI64,
+    log_lines_dropped: AtomicU64,
+    variant: OnceLock<&'static str>,
+}
+
+/// The process's metrics.
+pub static METRICS: Metrics = Metrics::new();
+
+#[allow(clippy::declare_interior_mutable_const)]
+const ZERO: AtomicU64 = AtomicU64::new(0);
+
+impl Metrics {
+    const fn new() -> Self {
+        #[allow(clippy::declare_interior_mutable_const)]
+        const STATUS_ROW: [AtomicU64; N_STATUSES] = [ZERO; N_STATUSES];
+        #[allow(clippy::declare_interior_mutable_const)]
+        const BUCKET_ROW: [AtomicU64; N_BUCKETS] = [ZERO; N_BUCKETS];
+        Metrics {
+            requests: [STATUS_ROW; N_ROUTES],
+            buckets: [BUCKET_ROW; N_ROUTES],
+            duration_micros: [ZERO; N_ROUTES],
+            in_flight: AtomicI64::new(0),
+            log_lines_dropped: AtomicU64::new(0),
+            variant: OnceLock::new(),
+        }
+    }
+
+    pub fn set_variant(&self, variant: &'static str) {
+        let _ = self.variant.set(variant);
+    }
+
+    /// Counts a request as started; the guard counts it as finished when dropped.
+    pub fn start_request(&'static self) -> InFlight {
+        self.in_flight.fetch_add(1, Relaxed);
+        InFlight(self)
+    }
+
+    /// Records a finished request under its route label (one of [`ROUTES`]).
+    pub fn record(&self, route: &str, status: u16, elapsed: Duration) {
+        let r = ROUTES
+            .iter()
+            .position(|&name| name == route)
+            .unwrap_or(N_ROUTES - 1);
+        let s = STATUSES
+            .iter()
+            .position(|&code| code == status)
+            .unwrap_or(N_STATUSES - 1);
+        self.requests[r][s].fetch_add(1, Relaxed);
+        let seconds = elapsed.as_secs_f64();
+        let b = BUCKETS
+            .iter()
+            .position(|&bound| seconds <= bound)
+            .unwrap_or(N_BUCKETS - 1);
+        self.buckets[r][b].fetch_add(1, Relaxed);
+        self.duration_micros[r].fetch_add(elapsed.as_micros() as u64, Relaxed);
+    }
+
+    pub fn log_line_dropped(&self) {
+        self.log_lines_dropped.fetch_add(1, Relaxed);
+    }
+
+    pub fn log_lines_dropped(&self) -> u64 {
+        self.log_lines_dropped.load(Relaxed)
+    }
+
+    /// Requests counted so far for a route and status (for tests and the lab).
+    pub fn requests(&self, route: &str, status: u16) -> u64 {
+        let r = ROUTES.iter().position(|&name| name == route);
+        let s = STATUSES.iter().position(|&code| code == status);
+        match (r, s) {
+            (Some(r), Some(s)) => self.requests[r][s].load(Relaxed),
+            _ => 0,
+        }
+    }
+
+    /// The Prometheus text exposition; `pool` is (connections in use, idle).
+    pub fn render(&self, pool: (usize, usize)) -> String {
+        let mut out = String::with_capacity(8 * 1024);
+        let variant = self.variant.get().copied().unwrap_or("unknown");
+        let _ = writeln!(out, "# HELP lab_server_info The server variant answering.");
+        let _ = writeln!(out, "# TYPE lab_server_info gauge");
+        let _ = writeln!(out, "lab_server_info{{variant=\"{variant}\"}} 1");
+        let _ = writeln!(
+            out,
+            "# HELP lab_http_requests_total Requests answered, by route and status."
+        );
+        let _ = writeln!(out, "# TYPE lab_http_requests_total counter");
+        for (r, route) in ROUTES.iter().enumerate() {
+            for s in 0..N_STATUSES {
+                let count = self.requests[r][s].load(Relaxed);
+                if count > 0 {
+                    let status = STATUSES
+                        .get(s)
+                        .map_or("other".to_string(), |c| c.to_string());
+                    let _ = writeln!(
+                        out,
+                        "lab_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {count}"
+                    );
+                }
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP lab_http_request_duration_seconds Time from parsed request to response ready."
+        );
+        let _ = writeln!(out, "# TYPE lab_http_request_duration_seconds histogram");
+        for (r, route) in ROUTES.iter().enumerate() {
+            let counts: Vec<u64> = self.buckets[r].iter().map(|b| b.load(Relaxed)).collect();
+            let total: u64 = counts.iter().sum();
+            if total == 0 {
+                continue;
+            }
+            let mut cumulative = 0;
+            for (bound, count) in BUCKETS.iter().zip(&counts) {
+                cumulative += count;
+                let _ = writeln!(
+                    out,
+                    "lab_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"{bound}\"}} {cumulative}"
+                );
+            }
+            let _ = writeln!(
+                out,
+                "lab_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"+Inf\"}} {total}"
+            );
+            let sum = self.duration_micros[r].load(Relaxed) as f64 / 1e6;
+            let _ = writeln!(
+                out,
+                "lab_http_request_duration_seconds_sum{{route=\"{route}\"}} {sum}"
+            );
+            let _ = writeln!(
+                out,
+                "lab_http_request_duration_seconds_count{{route=\"{route}\"}} {total}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP lab_http_requests_in_flight Requests being answered now."
+        );
+        let _ = writeln!(out, "# TYPE lab_http_requests_in_flight gauge");
+        let _ = writeln!(
+            out,
+            "lab_http_requests_in_flight {}",
+            self.in_flight.load(Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP lab_db_pool_connections Database connections of the pool(s), by state."
+        );
+        let _ = writeln!(out, "# TYPE lab_db_pool_connections gauge");
+        let _ = writeln!(
+            out,
+            "lab_db_pool_connections{{state=\"in_use\"}} {}",
+            pool.0
+        );
+        let _ = writeln!(out, "lab_db_pool_connections{{state=\"idle\"}} {}", pool.1);
+        let _ = writeln!(out, "# HELP lab_log_lines_dropped_total Request log lines lost because the log buffer was full.");
+        let _ = writeln!(out, "# TYPE lab_log_lines_dropped_total counter");
+        let _ = writeln!(
+            out,
+            "lab_log_lines_dropped_total {}",
+            self.log_lines_dropped()
+        );
+        out
+    }
+}
+
+/// Decrements the in-flight gauge when the request is done, however it ends.
+pub struct InFlight(&'static Metrics);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counts_and_cumulative_buckets() {
+        static M: Metrics = Metrics::new();
+        M.record("db", 200, Duration::from_micros(300));
+        M.record("db", 200, Duration::from_millis(20));
+        M.record("db", 503, Duration::from_secs(7));
+        let text = M.render((3, 5));
+        assert!(
+            text.contains("lab_http_requests_total{route=\"db\",status=\"200\"} 2"),
+            "{text}"
+        );
+        assert!(text.contains("lab_http_requests_total{route=\"db\",status=\"503\"} 1"));
+        assert!(
+            text.contains("lab_http_request_duration_seconds_bucket{route=\"db\",le=\"0.0005\"} 1")
+        );
+        assert!(
+            text.contains("lab_http_request_duration_seconds_bucket{route=\"db\",le=\"0.025\"} 2")
+        );
+        assert!(
+            text.contains("lab_http_request_duration_seconds_bucket{route=\"db\",le=\"+Inf\"} 3")
+        );
+        assert!(text.contains("lab_db_pool_connections{state=\"in_use\"} 3"));
+        let _guard = M.start_request();
+        assert!(M.render((0, 0)).contains("lab_http_requests_in_flight 1"));
+    }
+}

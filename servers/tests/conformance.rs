@@ -1,0 +1,458 @@
+//! The conformance suite: every endpoint of `../shared/spec/workloads.md` checked against a
+//! real `server` process and a real PostgreSQL. Each variant runs the same checks; adding
+//! a variant is one line in the `conformance!` invocation at the bottom.
+
+mod support;
+
+use std::time::{Duration, Instant, SystemTime};
+
+use db::{Cluster, ClusterConfig};
+use servers::launch::LaunchOptions;
+use support::{get, start, Http, Reply};
+
+fn assert_common_headers(reply: &Reply, content_type: &str) {
+    assert_eq!(
+        reply.status,
+        200,
+        "status; body {:?}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    assert!(
+        reply.header("server").is_some_and(|s| !s.is_empty()),
+        "no Server header: {:?}",
+        reply.headers
+    );
+    let date = reply.header("date").expect("no Date header");
+    let parsed = httpdate::parse_http_date(date)
+        .unwrap_or_else(|e| panic!("Date {date:?} is not an HTTP date: {e}"));
+    let skew = SystemTime::now().duration_since(parsed).unwrap_or_default();
+    assert!(skew <= Duration::from_secs(2), "Date {date:?} is stale");
+    assert_eq!(reply.header("content-type"), Some(content_type));
+    let length: usize = reply
+        .header("content-length")
+        .expect("no Content-Length")
+        .parse()
+        .unwrap();
+    assert_eq!(length, reply.body.len());
+}
+
+fn assert_world(value: &serde_json::Value) -> (i64, i64) {
+    let object = value
+        .as_object()
+        .unwrap_or_else(|| panic!("not an object: {value}"));
+    assert_eq!(object.len(), 2, "unexpected keys in {value}");
+    let id = object["id"].as_i64().expect("id is an integer");
+    let number = object["randomNumber"]
+        .as_i64()
+        .expect("randomNumber is an integer");
+    assert!((1..=10_000).contains(&id), "id {id} out of range");
+    assert!(
+        (1..=10_000).contains(&number),
+        "randomNumber {number} out of range"
+    );
+    (id, number)
+}
+
+fn plaintext(variant: &str) {
+    let server = start(variant);
+    let reply = get(server.addr(), "/plaintext");
+    assert_common_headers(&reply, "text/plain");
+    assert_eq!(reply.body, b"Hello, World!");
+}
+
+fn json(variant: &str) {
+    let server = start(variant);
+    let reply = get(server.addr(), "/json");
+    assert_common_headers(&reply, "application/json");
+    assert_eq!(reply.body, br#"{"message":"Hello, World!"}"#);
+}
+
+fn db_route(variant: &str) {
+    let server = start(variant);
+    let mut http = Http::connect(server.addr());
+    let mut ids = std::collections::HashSet::new();
+    for _ in 0..20 {
+        let reply = http.get("/db");
+        assert_common_headers(&reply, "application/json");
+        let (id, number) = assert_world(&reply.json());
+        assert_eq!(
+            support_db::world(id),
+            number,
+            "row {id} differs from the database"
+        );
+        ids.insert(id);
+    }
+    assert!(ids.len() > 10, "ids are not random: {ids:?}");
+}
+
+fn queries_clamping(variant: &str) {
+    let server = start(variant);
+    let mut http = Http::connect(server.addr());
+    for (target, expected) in [
+        ("/queries?queries=2", 2),
+        ("/queries?queries=0", 1),
+        ("/queries?queries=foo", 1),
+        ("/queries?queries=", 1),
+        ("/queries", 1),
+        ("/queries?queries=-7", 1),
+        ("/queries?queries=501", 500),
+        ("/queries?queries=18446744073709551617", 500),
+        ("/queries?queries=20", 20),
+    ] {
+        let reply = http.get(target);
+        assert_common_headers(&reply, "application/json");
+        let rows = reply.json();
+        let rows = rows
+            .as_array()
+            .unwrap_or_else(|| panic!("{target}: not an array"));
+        assert_eq!(rows.len(), expected, "{target}");
+        rows.iter().for_each(|row| {
+            assert_world(row);
+        });
+    }
+}
+
+fn fortunes(variant: &str) {
+    let server = start(variant);
+    let reply = get(server.addr(), "/fortunes");
+    assert_common_headers(&reply, "text/html; charset=utf-8");
+    assert_eq!(
+        String::from_utf8(reply.body.clone()).expect("UTF-8 body"),
+        expected_fortunes_page()
+    );
+    let text = reply.text();
+    assert!(
+        text.contains("フレームワークのベンチマーク") && text.contains("\u{2014}"),
+        "UTF-8 not raw"
+    );
+    // The apostrophe may be escaped as a numeric reference; nothing else may.
+    let without_apostrophes = text.replace("&#x27;", "").replace("&#39;", "");
+    assert!(
+        !without_apostrophes.contains("&#"),
+        "numeric character references where raw UTF-8 is required"
+    );
+}
+
+/// The page the spec describes, built independently of the server's template.
+fn expected_fortunes_page() -> String {
+    let mut rows: Vec<(i32, String)> = db::schema::FORTUNES
+        .iter()
+        .map(|(i, m)| (*i, m.to_string()))
+        .collect();
+    rows.push((0, "Additional fortune added at request time.".into()));
+    rows.sort_by(|a, b| a.1.as_bytes().cmp(b.1.as_bytes()));
+    let escape = |s: &str| {
+        s.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+            .replace('"', "&quot;")
+            .replace('\'', "&#x27;")
+    };
+    let mut page = String::from(
+        "<!DOCTYPE html><html><head><title>Fortunes</title></head><body><table><tr><th>id</th><th>message</th></tr>",
+    );
+    for (id, message) in rows {
+        page += &format!("<tr><td>{id}</td><td>{}</td></tr>", escape(&message));
+    }
+    page + "</table></body></html>"
+}
+
+fn updates_persist(variant: &str) {
+    let server = start(variant);
+    let mut http = Http::connect(server.addr());
+    for (target, expected) in [
+        ("/updates?queries=5", 5),
+        ("/updates?queries=foo", 1),
+        ("/updates?queries=501", 500),
+    ] {
+        let reply = http.get(target);
+        assert_common_headers(&reply, "application/json");
+        let rows = reply.json();
+        let rows = rows.as_array().expect("an array");
+        assert_eq!(rows.len(), expected, "{target}");
+        for row in rows {
+            let (id, number) = assert_world(row);
+            assert_eq!(
+                support_db::world(id),
+                number,
+                "{target}: row {id} was not written"
+            );
+        }
+    }
+}
+
+fn date_changes_across_seconds(variant: &str) {
+    let server = start(variant);
+    let mut http = Http::connect(server.addr());
+    let first = http.get("/plaintext").header("date").unwrap().to_string();
+    std::thread::sleep(Duration::from_millis(1_100));
+    let second = http.get("/plaintext").header("date").unwrap().to_string();
+    assert_ne!(first, second, "the Date header is frozen");
+}
+
+fn pipelined_in_order(variant: &str) {
+    let server = start(variant);
+    let mut http = Http::connect(server.addr());
+    let targets = [
+        "/plaintext",
+        "/json",
+        "/db",
+        "/queries?queries=3",
+        "/plaintext",
+        "/fortunes",
+        "/json",
+    ];
+    let batch: String = targets
+        .iter()
+        .map(|t| format!("GET {t} HTTP/1.1\r\nHost: lab\r\n\r\n"))
+        .collect();
+    http.send(batch.as_bytes());
+    for target in targets {
+        let reply = http.read_reply();
+        assert_eq!(reply.status, 200, "{target}");
+        match target {
+            "/plaintext" => assert_eq!(reply.body, b"Hello, World!"),
+            "/json" => assert_eq!(reply.body, br#"{"message":"Hello, World!"}"#),
+            "/db" => drop(assert_world(&reply.json())),
+            "/queries?queries=3" => assert_eq!(reply.json().as_array().map(Vec::len), Some(3)),
+            _ => assert!(
+                reply.text().starts_with("<!DOCTYPE html>"),
+                "{target} out of order"
+            ),
+        }
+    }
+}
+
+fn http10_and_connection_close(variant: &str) {
+    let server = start(variant);
+    let mut http = Http::connect(server.addr());
+    http.send(b"GET /json HTTP/1.0\r\n\r\n");
+    let reply = http.read_reply();
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.body, br#"{"message":"Hello, World!"}"#);
+    assert!(
+        http.closed_by_server(),
+        "HTTP/1.0 without keep-alive must close"
+    );
+
+    let mut http = Http::connect(server.addr());
+    http.send(b"GET /plaintext HTTP/1.1\r\nHost: lab\r\nConnection: close\r\n\r\n");
+    let reply = http.read_reply();
+    assert_eq!(reply.body, b"Hello, World!");
+    assert!(http.closed_by_server(), "Connection: close must close");
+}
+
+fn unknown_path_and_method(variant: &str) {
+    let server = start(variant);
+    let mut http = Http::connect(server.addr());
+    assert_eq!(http.get("/nope").status, 404);
+    assert_eq!(http.get("/plaintext/extra").status, 404);
+    http.send(b"POST /json HTTP/1.1\r\nHost: lab\r\nContent-Length: 3\r\n\r\nabc");
+    let reply = http.read_reply();
+    assert_eq!(reply.status, 405);
+    assert_eq!(reply.header("allow"), Some("GET"));
+    // The connection is still usable after both.
+    assert_eq!(Http::connect(server.addr()).get("/plaintext").status, 200);
+}
+
+fn malformed_request_is_4xx(variant: &str) {
+    let server = start(variant);
+    let mut http = Http::connect(server.addr());
+    http.send(b"GARBAGE\x00\x01 nonsense\r\n\r\n");
+    let reply = http.read_reply();
+    assert!((400..500).contains(&reply.status), "got {}", reply.status);
+    assert_eq!(
+        get(server.addr(), "/plaintext").status,
+        200,
+        "server stopped serving"
+    );
+}
+
+fn metrics_and_health(variant: &str) {
+    let server = start(variant);
+    let mut http = Http::connect(server.addr());
+    assert_eq!(http.get("/health").status, 200);
+    for _ in 0..3 {
+        assert_eq!(http.get("/db").status, 200);
+    }
+    let reply = http.get("/metrics");
+    assert_eq!(reply.status, 200);
+    assert!(reply
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/plain"));
+    let text = reply.text();
+    for needle in [
+        "lab_http_requests_total{route=\"db\",status=\"200\"} 3",
+        "lab_http_request_duration_seconds_bucket{route=\"db\",le=\"+Inf\"} 3",
+        "lab_http_requests_in_flight ",
+        "lab_db_pool_connections{state=\"in_use\"}",
+        "lab_db_pool_connections{state=\"idle\"}",
+        &format!("lab_server_info{{variant=\"{variant}\"}} 1"),
+    ] {
+        assert!(text.contains(needle), "/metrics lacks {needle:?}:\n{text}");
+    }
+}
+
+fn sigterm_exits_cleanly(variant: &str) {
+    let server = start(variant);
+    assert_eq!(get(server.addr(), "/plaintext").status, 200);
+    let status = server
+        .stop(Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(status.success(), "exit status {status}");
+}
+
+/// Polls `target` until it answers `status`, for at most `limit`.
+fn wait_for_status(
+    addr: std::net::SocketAddr,
+    target: &str,
+    status: u16,
+    limit: Duration,
+) -> Reply {
+    let deadline = Instant::now() + limit;
+    loop {
+        let reply = get(addr, target);
+        if reply.status == status || Instant::now() > deadline {
+            return reply;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn assert_database_down(addr: std::net::SocketAddr) {
+    let mut http = Http::connect(addr);
+    for target in [
+        "/db",
+        "/queries?queries=3",
+        "/fortunes",
+        "/updates?queries=2",
+    ] {
+        let reply = http.get(target);
+        assert_eq!(
+            reply.status,
+            503,
+            "{target} with the database down: {:?}",
+            reply.text()
+        );
+        assert_eq!(reply.header("content-type"), Some("text/plain"));
+        assert!(
+            reply.text().starts_with("database unavailable"),
+            "{target}: {:?}",
+            reply.text()
+        );
+    }
+    assert_eq!(http.get("/health").status, 503);
+    assert_eq!(http.get("/plaintext").status, 200);
+    assert_eq!(http.get("/json").status, 200);
+}
+
+/// Start-up with the database down, recovery, an outage while serving, recovery again.
+/// The database here is a private cluster of this test, so stopping it disturbs no other.
+fn database_outage(variant: &str) {
+    let port = 54340
+        + VARIANTS
+            .iter()
+            .position(|v| *v == variant)
+            .expect("variant listed") as u16;
+    let cluster = Cluster::new(ClusterConfig::scratch(&format!("outage-{variant}"), port))
+        .expect("PostgreSQL");
+    cluster.up().expect("initialising the outage cluster");
+    cluster.down().expect("stopping it");
+
+    let server = support::start_with(LaunchOptions::new(variant, &cluster.config().url()));
+    let addr = server.addr();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !server.stderr().contains("not reachable") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        server.stderr().contains("not reachable"),
+        "no retry line:\n{}",
+        server.stderr()
+    );
+    assert_database_down(addr);
+
+    cluster.up().expect("starting the database again");
+    let reply = wait_for_status(addr, "/db", 200, Duration::from_secs(30));
+    assert_eq!(
+        reply.status,
+        200,
+        "no recovery after start-up outage: {:?}",
+        reply.text()
+    );
+
+    let mut keep_alive = Http::connect(addr);
+    assert_eq!(keep_alive.get("/queries?queries=5").status, 200);
+    cluster
+        .down()
+        .expect("stopping the database under the server");
+    assert_eq!(keep_alive.get("/db").status, 503);
+    assert_database_down(addr);
+
+    cluster.up().expect("restarting the database");
+    assert_eq!(
+        wait_for_status(addr, "/db", 200, Duration::from_secs(30)).status,
+        200,
+        "no recovery"
+    );
+    assert_eq!(
+        wait_for_status(addr, "/health", 200, Duration::from_secs(30)).status,
+        200
+    );
+    assert_eq!(keep_alive.get("/fortunes").status, 200);
+    let status = server
+        .stop(Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(status.success());
+    cluster.down().expect("stopping the outage cluster");
+}
+
+/// Reading rows back, to check what the server claims against the database itself.
+mod support_db {
+    pub fn world(id: i64) -> i64 {
+        let url = super::support::database_url();
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async move {
+                use sqlx::Connection;
+                let mut conn = sqlx::PgConnection::connect(&url)
+                    .await
+                    .expect("connecting to the test database");
+                let (_, number): (i32, i32) = sqlx::query_as(db::sql::SELECT_WORLD)
+                    .bind(id as i32)
+                    .fetch_one(&mut conn)
+                    .await
+                    .expect("reading a world row");
+                i64::from(number)
+            })
+    }
+}
+
+/// The variants this suite runs against.
+const VARIANTS: [&str; 1] = ["epoll"];
+
+macro_rules! conformance {
+    ($($module:ident => $variant:literal),* $(,)?) => {$(
+        mod $module {
+            #[test] fn plaintext() { super::plaintext($variant) }
+            #[test] fn json() { super::json($variant) }
+            #[test] fn db() { super::db_route($variant) }
+            #[test] fn queries_clamping() { super::queries_clamping($variant) }
+            #[test] fn fortunes() { super::fortunes($variant) }
+            #[test] fn updates_persist() { super::updates_persist($variant) }
+            #[test] fn date_changes_across_seconds() { super::date_changes_across_seconds($variant) }
+            #[test] fn pipelined_in_order() { super::pipelined_in_order($variant) }
+            #[test] fn http10_and_connection_close() { super::http10_and_connection_close($variant) }
+            #[test] fn unknown_path_and_method() { super::unknown_path_and_method($variant) }
+            #[test] fn malformed_request_is_4xx() { super::malformed_request_is_4xx($variant) }
+            #[test] fn metrics_and_health() { super::metrics_and_health($variant) }
+            #[test] fn sigterm_exits_cleanly() { super::sigterm_exits_cleanly($variant) }
+            #[test] fn database_outage() { super::database_outage($variant) }
+        }
+    )*};
+}
+
+conformance!(epoll => "epoll");
