@@ -45,7 +45,7 @@ pub struct Cli {
     pub threads: u32,
 
     /// Duration of the measurement, e.g. 10s, 1m, 500ms (wrk syntax)
-    #[arg(short = 'd', long, default_value = "10s", value_parser = duration_arg, value_name = "T")]
+    #[arg(short = 'd', long, default_value = "10s", value_parser = duration_arg, value_name = "T", allow_hyphen_values = true)]
     pub duration: f64,
 
     /// Stop after exactly N measured requests instead of after --duration
@@ -53,12 +53,12 @@ pub struct Cli {
     pub requests: Option<u64>,
 
     /// Load applied before measuring; all statistics are reset after it
-    #[arg(long, default_value = "0s", value_parser = duration_arg, value_name = "T")]
+    #[arg(long, default_value = "0s", value_parser = duration_arg, value_name = "T", allow_hyphen_values = true)]
     pub warmup: f64,
 
     /// A request without a complete response after T is a timeout error (the connection is
     /// closed and reopened)
-    #[arg(long, default_value = "2s", value_parser = duration_arg, value_name = "T")]
+    #[arg(long, default_value = "2s", value_parser = duration_arg, value_name = "T", allow_hyphen_values = true)]
     pub timeout: f64,
 
     /// Pipelining depth: requests in flight per connection (16 for the TFB plaintext test)
@@ -101,7 +101,7 @@ pub struct Cli {
     pub sweep_tolerance: f64,
 
     /// Sweep: service level objective for the corrected p99 latency, e.g. 10ms
-    #[arg(long, default_value = "100ms", value_parser = duration_arg, value_name = "T")]
+    #[arg(long, default_value = "100ms", value_parser = duration_arg, value_name = "T", allow_hyphen_values = true)]
     pub slo: f64,
 
     /// Weighted mix of paths, one '[WEIGHT] /path' per line, {1..20} and {1,5,10}

@@ -27,6 +27,19 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(&e),
     };
+    if let Some(path) = &cli.json {
+        // Find an unwritable report path now, not after the run.
+        if let Err(e) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            return fail(&Error::Input(format!(
+                "cannot write {}: {e}",
+                path.display()
+            )));
+        }
+    }
     // SAFETY: installs a handler that only touches an atomic.
     unsafe { libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t) };
 

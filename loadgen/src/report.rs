@@ -151,6 +151,9 @@ pub struct Report {
     pub sweep: Option<SweepReport>,
 }
 
+/// Picks one percentile out of a [`Latency`].
+type Pick = fn(&Latency) -> f64;
+
 fn status_map<'a>(it: impl Iterator<Item = &'a (u16, u64)>) -> BTreeMap<String, u64> {
     let mut m = BTreeMap::new();
     for &(s, n) in it {
@@ -265,7 +268,7 @@ impl Report {
             "  Latency Distribution"
         };
         let _ = writeln!(o, "{title}");
-        let rows: [(&str, fn(&Latency) -> f64); 6] = [
+        let rows: [(&str, Pick); 6] = [
             ("50.000%", |l| l.p50_ms),
             ("90.000%", |l| l.p90_ms),
             ("99.000%", |l| l.p99_ms),

@@ -303,7 +303,7 @@ impl Worker<'_> {
             let c = &self.conns[i];
             match c.state {
                 State::Closed => {
-                    if self.issuing() && self.now >= c.at {
+                    if self.issuing() && self.now >= c.at && self.may_issue(self.now) {
                         self.start_connect(i);
                     }
                 }
@@ -397,8 +397,9 @@ impl Worker<'_> {
         if self.conns[i].state != State::Open {
             return;
         }
-        if ev & (libc::EPOLLIN as u32 | libc::EPOLLRDHUP as u32 | err) != 0 {
-            self.on_readable(i);
+        let hup = ev & (libc::EPOLLRDHUP as u32 | err) != 0;
+        if hup || ev & libc::EPOLLIN as u32 != 0 {
+            self.on_readable(i, hup);
         }
         let c = &self.conns[i];
         if c.state == State::Open && ev & libc::EPOLLOUT as u32 != 0 && c.woff < c.wbuf.len() {
@@ -406,7 +407,9 @@ impl Worker<'_> {
         }
     }
 
-    fn on_readable(&mut self, i: usize) {
+    /// Reads until a short read (edge-triggered: more data brings a new event) or, when the
+    /// peer has closed (`hup`: that edge will not come again), until end of stream.
+    fn on_readable(&mut self, i: usize, hup: bool) {
         loop {
             let space = READ_BUF - self.conns[i].rlen;
             match self.conns[i].read() {
@@ -418,7 +421,7 @@ impl Worker<'_> {
                     if !self.parse(i) {
                         return;
                     }
-                    if n < space {
+                    if n < space && !hup {
                         break;
                     }
                 }
@@ -526,7 +529,7 @@ impl Worker<'_> {
         }
         let c = &mut self.conns[i];
         c.at = self.now;
-        if self.issuing() {
+        if self.issuing() && self.may_issue(self.now) {
             self.start_connect(i);
         }
     }

@@ -1,0 +1,160 @@
+//! The built binary: bad input exits 2 with one clear message before any load is sent;
+//! a good run prints the summary and writes JSON and an HDR interval log.
+
+mod common;
+
+use std::net::TcpListener;
+use std::process::Command;
+use std::sync::atomic::Ordering;
+
+fn loadgen(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(args)
+        .output()
+        .expect("binary runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn tmp(name: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("loadgen-test-{}-{name}", std::process::id()))
+}
+
+#[test]
+fn bad_input_exits_2_before_any_load() {
+    let server = common::ok_server();
+    let url = server.url("/");
+    let closed_port = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let unreachable = format!("http://127.0.0.1:{closed_port}/");
+    let bad_mix = tmp("bad.mix");
+    std::fs::write(&bad_mix, "1 /plaintext\ntwo /json\n").unwrap();
+    let bad_mix = bad_mix.to_str().unwrap().to_string();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["not a url"], "invalid URL"),
+        (vec!["ftp://127.0.0.1/"], "invalid URL"),
+        (vec!["https://127.0.0.1/"], "https is not supported"),
+        (vec!["http://127.0.0.1:99999/"], "bad port"),
+        (vec![&unreachable], "cannot connect"),
+        (vec!["-c", "0", &url], "connections"),
+        (vec!["-c", "-4", &url], "-4"),
+        (vec!["-t", "0", &url], "threads"),
+        (vec!["-t", "4", "-c", "2", &url], "cannot exceed"),
+        (vec!["-d", "0s", &url], "duration"),
+        (vec!["-d", "-1s", &url], "duration"),
+        (vec!["-d", "ten", &url], "invalid duration"),
+        (vec!["-n", "0", &url], "request count"),
+        (vec!["-p", "0", &url], "pipeline"),
+        (vec!["--rate", "0", &url], "rate"),
+        (vec!["--rate", "-5", &url], "rate"),
+        (vec!["--timeout", "0s", &url], "timeout"),
+        (vec!["--mix", &bad_mix, &url], "line 2"),
+        (
+            vec!["--mix", "/nonexistent/file.mix", &url],
+            "cannot read mix file",
+        ),
+        (vec!["--sweep", &url], "start rate"),
+        (vec!["--no-keepalive", "-p", "4", &url], "keep-alive"),
+        (vec!["-H", "broken", &url], "header"),
+        (
+            vec!["--json", "/nonexistent/dir/r.json", &url],
+            "cannot write",
+        ),
+    ];
+    for (args, expect) in cases {
+        let (code, stdout, stderr) = loadgen(&args);
+        assert_eq!(code, 2, "{args:?}: stdout {stdout:?} stderr {stderr:?}");
+        assert!(
+            stderr.contains(expect),
+            "{args:?}: {stderr:?} should mention {expect:?}"
+        );
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(
+            stderr.lines().count() <= 5,
+            "{args:?}: one clear message, got {stderr}"
+        );
+    }
+    assert_eq!(
+        server.requests.load(Ordering::SeqCst),
+        0,
+        "no request was sent"
+    );
+}
+
+#[test]
+fn help_explains_every_flag() {
+    let (code, out, _) = loadgen(&["--help"]);
+    assert_eq!(code, 0);
+    for flag in [
+        "--connections",
+        "--threads",
+        "--duration",
+        "--requests",
+        "--warmup",
+        "--timeout",
+        "--pipeline",
+        "--no-keepalive",
+        "--rate",
+        "--arrivals",
+        "--sweep",
+        "--slo",
+        "--mix",
+        "--expect-status",
+        "--json",
+        "--hdr-log",
+        "--latency",
+    ] {
+        assert!(out.contains(flag), "--help lacks {flag}");
+    }
+}
+
+#[test]
+fn run_writes_summary_json_and_hdr_log() {
+    let server = common::ok_server();
+    let json = tmp("run.json");
+    let hlog = tmp("run.hlog");
+    let (code, out, err) = loadgen(&[
+        "-t1",
+        "-c2",
+        "-d1s",
+        "--rate",
+        "200",
+        "--json",
+        json.to_str().unwrap(),
+        "--hdr-log",
+        hlog.to_str().unwrap(),
+        &server.url("/plaintext"),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("Requests/sec:") && out.contains("99.900%"),
+        "{out}"
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(v["schema"], "loadgen/1");
+    assert_eq!(
+        v["requests"].as_u64(),
+        Some(server.requests.load(Ordering::SeqCst))
+    );
+    let log = std::fs::read_to_string(&hlog).unwrap();
+    let intervals: Vec<_> = log.lines().filter(|l| !l.starts_with('#')).collect();
+    assert!(intervals.iter().any(|l| l.contains("HISTF")), "{log}");
+    // The log reads back with the hdrhistogram interval-log reader.
+    let n = hdrhistogram::serialization::interval_log::IntervalLogIterator::new(log.as_bytes())
+        .filter(|e| {
+            matches!(
+                e,
+                Ok(hdrhistogram::serialization::interval_log::LogEntry::Interval(_))
+            )
+        })
+        .count();
+    assert!(n >= 1);
+    let _ = std::fs::remove_file(json);
+    let _ = std::fs::remove_file(hlog);
+}
