@@ -10,15 +10,24 @@ use crate::logging::LogMode;
 /// The I/O models. Each is one module of [`crate::io`]; everything else is shared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Variant {
+    /// An acceptor thread and one OS thread per connection, blocking I/O.
+    ThreadPerRequest,
+    /// A fixed set of worker threads fed by a bounded queue of connections, blocking I/O.
+    ThreadPool,
     /// tokio's multi-thread runtime (epoll readiness) with hyper's HTTP/1.1 and sqlx.
     Epoll,
+    /// tokio-uring, one runtime per CPU: every client socket operation goes through io_uring.
+    IoUring,
 }
 
 impl Variant {
     /// The name users type (`--variant epoll`).
     pub fn name(self) -> &'static str {
         match self {
+            Variant::ThreadPerRequest => "thread-per-request",
+            Variant::ThreadPool => "thread-pool",
             Variant::Epoll => "epoll",
+            Variant::IoUring => "io-uring",
         }
     }
 }
@@ -49,9 +58,20 @@ pub struct Args {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub pool_size: Option<u32>,
 
-    /// Worker threads of the runtime (default: one per CPU).
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    /// Worker threads: runtime workers for `epoll` and `io-uring` (one runtime per
+    /// worker; default one per CPU), pool threads for `thread-pool` (default 128).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub workers: Option<u32>,
+
+    /// `thread-per-request`: most connection threads alive at once; beyond it new
+    /// connections get 503 and a close.
+    #[arg(long, value_name = "N", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_threads: u32,
+
+    /// `thread-pool`: accepted connections that may wait for a worker; beyond it new
+    /// connections get 503 and a close.
+    #[arg(long, value_name = "N", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub queue: u32,
 
     /// Request log: `sync` writes each line as it happens, `buffered` batches lines in a
     /// background writer (few large writes), `stdout` writes each line to standard output,
@@ -72,13 +92,22 @@ impl Args {
     }
 
     pub fn workers(&self) -> usize {
-        self.workers.map_or_else(cpus, |n| n as usize)
+        let default = match self.variant {
+            Variant::ThreadPool => DEFAULT_POOL_THREADS,
+            _ => cpus(),
+        };
+        self.workers.map_or(default, |n| n as usize)
     }
 
     pub fn pool_size(&self) -> usize {
         self.pool_size.map_or_else(|| 4 * cpus(), |n| n as usize)
     }
 }
+
+/// Pool threads of `thread-pool` unless `--workers` says otherwise: a keep-alive client
+/// holds a worker for as long as its connection lives, so the pool must outnumber the
+/// connections a benchmark opens (TechEmpower's shapes on 2 cores go up to 64 and 128).
+pub const DEFAULT_POOL_THREADS: usize = 128;
 
 /// CPUs this process may run on (respects taskset and cgroup limits).
 pub fn cpus() -> usize {

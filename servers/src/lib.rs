@@ -6,6 +6,7 @@
 //! |---|---|
 //! | [`app`] | routes, `queries` clamping, the response a route gets (I/O-agnostic) |
 //! | [`render`] | JSON and the escaping HTML template for fortunes |
+//! | [`http1`] | the HTTP/1.1 codec of the variants that do not use hyper |
 //! | [`date`] | the `Date` header, formatted at most once per second per thread |
 //! | [`rng`] | random world ids and numbers |
 //! | [`metrics`] | Prometheus counters and histograms shared by every variant |
@@ -19,6 +20,7 @@ pub mod app;
 pub mod cli;
 pub mod database;
 pub mod date;
+pub mod http1;
 pub mod io;
 pub mod launch;
 pub mod logging;

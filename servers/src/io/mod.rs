@@ -3,6 +3,9 @@
 //! shared [`crate::app`] for everything else.
 
 pub mod epoll;
+pub mod io_uring;
+pub mod thread_per_request;
+pub mod thread_pool;
 
 use anyhow::Result;
 
@@ -11,7 +14,10 @@ use crate::cli::{Args, Variant};
 /// Serves until SIGINT or SIGTERM, then finishes in-flight requests and returns.
 pub fn run(args: &Args) -> Result<()> {
     match args.variant {
+        Variant::ThreadPerRequest => thread_per_request::run(args),
+        Variant::ThreadPool => thread_pool::run(args),
         Variant::Epoll => epoll::run(args),
+        Variant::IoUring => io_uring::run(args),
     }
 }
 
