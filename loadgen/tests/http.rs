@@ -158,8 +158,9 @@ fn chunked_and_close_delimited_bodies() {
     c.requests = Some(50);
     let r = run(&c);
     assert_eq!((r.requests, r.errors_total), (50, 0), "{:?}", r.errors);
-    // Each response ends its connection; all but the last two are followed by a reconnect.
-    assert_eq!(r.reconnects, 48);
+    // Each response ends its connection; all but the last two are followed by a reconnect
+    // (at the very end one more may open for a request the other connection took first).
+    assert!((48..=49).contains(&r.reconnects), "{}", r.reconnects);
 }
 
 #[test]
