@@ -547,6 +547,12 @@ impl Worker<'_> {
             }
             return;
         }
+        // Closed loop pipelines in batches, as wrk does: a connection writes `depth` requests
+        // at once and the next batch when all are answered (one write per batch, not one per
+        // response).
+        if !self.conns[i].inflight.is_empty() && self.depth > 1 {
+            return;
+        }
         let now = self.now;
         while self.conns[i].inflight.len() < self.depth && self.may_issue(now) {
             self.issue(i, now);
