@@ -1,0 +1,131 @@
+/* The few kernel types the tracer's BPF program reads, declared by hand.
+ *
+ * Every struct carries preserve_access_index, so clang records each field access as a
+ * CO-RE relocation and libbpf rewrites the offsets at load time against the running
+ * kernel's BTF (/sys/kernel/btf/vmlinux). Only the fields we read are declared; their
+ * order and the struct sizes here do not matter. Fields that sit inside anonymous
+ * unions in the real kernel (sock_common's ports) are matched by name by libbpf.
+ *
+ * This replaces a generated vmlinux.h, so the build needs no bpftool.
+ * x86_64 only: struct pt_regs uses x86_64 register names.
+ */
+#ifndef TRACER_CORE_H
+#define TRACER_CORE_H
+
+typedef unsigned char __u8;
+typedef unsigned short __u16;
+typedef unsigned int __u32;
+typedef unsigned long long __u64;
+typedef signed char __s8;
+typedef short __s16;
+typedef int __s32;
+typedef long long __s64;
+typedef __u16 __be16;
+typedef __u32 __be32;
+typedef __u32 __wsum;
+typedef __u8 u8;
+typedef __u16 u16;
+typedef __u32 u32;
+typedef __u64 u64;
+typedef __s32 s32;
+typedef __s64 s64;
+typedef _Bool bool;
+#define true 1
+#define false 0
+typedef int pid_t;
+typedef __u32 dev_t;
+typedef unsigned short umode_t;
+
+enum {
+	BPF_ANY = 0,
+	BPF_NOEXIST = 1,
+	BPF_EXIST = 2,
+};
+
+enum bpf_map_type {
+	BPF_MAP_TYPE_HASH = 1,
+	BPF_MAP_TYPE_ARRAY = 2,
+	BPF_MAP_TYPE_PERCPU_HASH = 5,
+	BPF_MAP_TYPE_PERCPU_ARRAY = 6,
+	BPF_MAP_TYPE_TASK_STORAGE = 29,
+};
+
+enum {
+	BPF_F_NO_PREALLOC = 1,
+};
+
+enum {
+	BPF_LOCAL_STORAGE_GET_F_CREATE = 1,
+};
+
+struct pt_regs {
+	unsigned long r10;
+	unsigned long r9;
+	unsigned long r8;
+	unsigned long dx;
+	unsigned long si;
+	unsigned long di;
+} __attribute__((preserve_access_index));
+
+struct super_block {
+	dev_t s_dev;
+} __attribute__((preserve_access_index));
+
+struct inode {
+	umode_t i_mode;
+	struct super_block *i_sb;
+	unsigned long i_ino;
+} __attribute__((preserve_access_index));
+
+struct file_operations;
+
+struct file {
+	const struct file_operations *f_op;
+	void *private_data;
+	struct inode *f_inode;
+} __attribute__((preserve_access_index));
+
+struct fdtable {
+	unsigned int max_fds;
+	struct file **fd;
+} __attribute__((preserve_access_index));
+
+struct files_struct {
+	struct fdtable *fdt;
+} __attribute__((preserve_access_index));
+
+struct task_struct {
+	pid_t pid;
+	pid_t tgid;
+	char comm[16];
+	struct files_struct *files;
+} __attribute__((preserve_access_index));
+
+struct sock_common {
+	__be16 skc_dport;
+	__u16 skc_num;
+	unsigned short skc_family;
+} __attribute__((preserve_access_index));
+
+struct sock {
+	struct sock_common __sk_common;
+} __attribute__((preserve_access_index));
+
+struct socket {
+	struct sock *sk;
+} __attribute__((preserve_access_index));
+
+struct io_kiocb {
+	struct file *file;
+	__u8 opcode;
+} __attribute__((preserve_access_index));
+
+struct io_ring_ctx;
+
+struct io_uring_cqe {
+	__u64 user_data;
+	__s32 res;
+	__u32 flags;
+} __attribute__((preserve_access_index));
+
+#endif

@@ -1,0 +1,642 @@
+// SPDX-License-Identifier: GPL-2.0
+/* In-kernel half of the eBPF backend: counts, times and classifies every syscall, ring
+ * operation and off-CPU interval of one process (all its threads), aggregating into
+ * per-CPU maps that user space reads at the end. Nothing is sent per event.
+ *
+ * Hooks: tp_btf/sys_enter + sys_exit (raw syscall tracepoints, typed pt_regs), 
+ * tp_btf/sched_switch + sched_wakeup (off-CPU: blocked vs run-queue delay),
+ * tp_btf/io_uring_{submit_req,file_get,complete} (ring operations).
+ *
+ * Every program first compares the current tgid with targ_tgid (rodata, set before load)
+ * so that other processes pay one comparison only.
+ */
+#include "core.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+
+char LICENSE[] SEC("license") = "GPL";
+
+/* Categories: same numbering as tracer::Category (category.rs). */
+#define CAT_NETWORK 0
+#define CAT_DATABASE 1
+#define CAT_LOGGING 2
+#define CAT_EVENT_LOOP 3
+#define CAT_SYNC 4
+#define CAT_THREADS 5
+#define CAT_MEMORY 6
+#define CAT_OTHER 7
+#define CAT_NONE 15 /* an fd that says nothing: the syscall keeps its default */
+
+/* Per-syscall flags in sys_class[nr] (user space fills it, see ebpf/syscalls). */
+#define SC_CAT_MASK 0xf
+#define SC_FD0 (1 << 4)        /* arg0 is an fd: classify it */
+#define SC_BYTES (1 << 5)      /* a positive return is a byte count */
+#define SC_EPOLL_WAIT (1 << 6) /* arg0 is an epoll fd: category from what it covers */
+#define SC_EPOLL_CTL (1 << 7)  /* epoll_ctl(epfd, op, fd): remember fd's category */
+#define SC_POLL (1 << 8)       /* poll(fds, nfds): one fd => its category */
+#define SC_CONNECT (1 << 9)    /* connect(fd, addr): classify by the address */
+#define SC_CLOSE (1 << 10)     /* close(fd): forget per-fd state */
+#define SC_LISTEN (1 << 11)    /* listen(fd): its local port serves clients */
+#define SC_RET_FD (1 << 12)    /* returns a new fd (open): classify it at exit */
+#define SC_NORET (1 << 13)     /* exit/exit_group: never returns, count at entry */
+
+/* Aggregation key kinds. */
+#define KIND_SYSCALL 0
+#define KIND_RING 1
+#define KIND_SCHED 2 /* off-CPU outside any syscall (preemption in user space, faults) */
+
+#define S_IFMT 00170000
+#define S_IFSOCK 0140000
+#define S_IFREG 0100000
+#define AF_UNIX 1
+#define AF_INET 2
+#define AF_INET6 10
+#define EAGAIN 11
+#define IORING_CQE_F_MORE (1U << 1)
+#define NR_SYSCALLS 512
+#define HIST_BUCKETS 32
+#define DB_PATH_MAX 108
+
+const volatile u32 targ_tgid = 0;
+/* Database TCP port in network byte order (as skc_dport and sin_port hold it), 0: none. */
+const volatile u16 db_port_be = 0;
+/* Database Unix socket path (Postgres: DIR/.s.PGSQL.PORT), db_path_len 0: none. */
+const volatile char db_path[DB_PATH_MAX] = {};
+const volatile u32 db_path_len = 0;
+
+/* Typeless kernel symbols, resolved from kallsyms: identify wake-up and wait fds. */
+extern const void eventfd_fops __ksym __weak;
+extern const void eventpoll_fops __ksym __weak;
+extern const void io_uring_fops __ksym __weak;
+extern const void timerfd_fops __ksym __weak;
+
+struct agg_key {
+	char comm[16];
+	u16 nr;
+	u8 cat;
+	u8 kind;
+};
+
+struct agg_val {
+	u64 count;
+	u64 errors;
+	u64 eagain;
+	u64 total_ns;
+	u64 bytes;
+	u64 blocked_ns;
+	u64 runq_ns;
+	u64 hist[HIST_BUCKETS];
+};
+
+struct task_state {
+	u64 enter_ts;
+	u64 off_ts;
+	u64 wake_ts;
+	u64 blocked_ns;
+	u64 runq_ns;
+	u32 nr;
+	u32 flags;
+	u8 cat;
+	u8 in_sys;
+	u8 preempted;
+	u8 pad;
+};
+
+struct ring_state {
+	u64 ts;
+	char comm[16];
+	u8 opcode;
+	u8 cat;
+};
+
+struct log_key {
+	u64 ino;
+	u32 dev;
+	u32 pad;
+};
+
+/* Counts of categories each epoll fd covers (network, database, logging, other). */
+struct epoll_cover {
+	s32 n[4];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 8192);
+	__type(key, struct agg_key);
+	__type(value, struct agg_val);
+} agg SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, NR_SYSCALLS);
+	__type(key, u32);
+	__type(value, u32);
+} sys_class SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 64);
+	__type(key, u16); /* host order, as skc_num */
+	__type(value, u8);
+} listen_ports SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 64);
+	__type(key, struct log_key);
+	__type(value, u8);
+} log_files SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, u64); /* struct sock * */
+	__type(value, u8);
+} db_unix_socks SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, u32); /* epoll fd */
+	__type(value, struct epoll_cover);
+} epoll_fds SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, u64); /* struct io_kiocb * */
+	__type(value, struct ring_state);
+} ring_reqs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct task_state);
+} tstate SEC(".maps");
+
+/* Events the maps could not hold (agg or ring_reqs full): reported, never hidden. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, u32);
+	__type(value, u64);
+} dropped SEC(".maps");
+
+/* Initial value of a new agg entry (in .bss: too big for the 512-byte BPF stack). */
+struct agg_val zero_agg = {};
+
+static __always_inline bool is_target(void)
+{
+	return (bpf_get_current_pid_tgid() >> 32) == targ_tgid;
+}
+
+static __always_inline u32 log2_ns(u64 v)
+{
+	u32 r = 0, s;
+	s = (v > 0xFFFFFFFFULL) << 5; v >>= s; r |= s;
+	s = (v > 0xFFFF) << 4; v >>= s; r |= s;
+	s = (v > 0xFF) << 3; v >>= s; r |= s;
+	s = (v > 0xF) << 2; v >>= s; r |= s;
+	s = (v > 0x3) << 1; v >>= s; r |= s;
+	r |= (v >> 1);
+	return r;
+}
+
+static __always_inline void note_drop(void)
+{
+	u32 zero = 0;
+	u64 *d = bpf_map_lookup_elem(&dropped, &zero);
+	if (d)
+		*d += 1;
+}
+
+static __always_inline struct agg_val *agg_entry(struct agg_key *key)
+{
+	struct agg_val *v = bpf_map_lookup_elem(&agg, key);
+	if (v)
+		return v;
+	bpf_map_update_elem(&agg, key, &zero_agg, BPF_NOEXIST);
+	v = bpf_map_lookup_elem(&agg, key);
+	if (!v)
+		note_drop();
+	return v;
+}
+
+static __always_inline void account(struct agg_val *v, s64 ret, u64 dur, bool bytes)
+{
+	v->count += 1;
+	if (ret < 0) {
+		if (ret == -EAGAIN)
+			v->eagain += 1;
+		else
+			v->errors += 1;
+	} else if (bytes) {
+		v->bytes += ret;
+	}
+	v->total_ns += dur;
+	u32 b = log2_ns(dur);
+	if (b >= HIST_BUCKETS)
+		b = HIST_BUCKETS - 1;
+	v->hist[b] += 1;
+}
+
+static __always_inline struct sock *socket_sk(struct file *f)
+{
+	struct socket *sock = BPF_CORE_READ(f, private_data);
+	return BPF_CORE_READ(sock, sk);
+}
+
+/* What a file is, at this moment. fd is the number it has (1 and 2 matter), -1 if none. */
+static __always_inline u8 classify_file(struct file *f, int fd)
+{
+	if (!f)
+		return CAT_NONE;
+	const void *fop = BPF_CORE_READ(f, f_op);
+	if (fop && (fop == &eventfd_fops || fop == &eventpoll_fops || fop == &io_uring_fops ||
+		    fop == &timerfd_fops))
+		return CAT_EVENT_LOOP;
+	struct inode *ino = BPF_CORE_READ(f, f_inode);
+	umode_t mode = BPF_CORE_READ(ino, i_mode);
+	if ((mode & S_IFMT) == S_IFSOCK) {
+		struct sock *sk = socket_sk(f);
+		u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+		if (family == AF_INET || family == AF_INET6) {
+			u16 dport = BPF_CORE_READ(sk, __sk_common.skc_dport);
+			if (db_port_be && dport == db_port_be)
+				return CAT_DATABASE;
+			u16 lport = BPF_CORE_READ(sk, __sk_common.skc_num);
+			if (bpf_map_lookup_elem(&listen_ports, &lport))
+				return CAT_NETWORK;
+		} else if (family == AF_UNIX) {
+			u64 key = (u64)sk;
+			if (bpf_map_lookup_elem(&db_unix_socks, &key))
+				return CAT_DATABASE;
+		}
+		/* A socket on fd 1/2 (journald, a log shipper) is still the log. */
+		if (fd == 1 || fd == 2)
+			return CAT_LOGGING;
+		return CAT_NONE;
+	}
+	if ((mode & S_IFMT) == S_IFREG) {
+		struct log_key lk = {};
+		lk.ino = BPF_CORE_READ(ino, i_ino);
+		lk.dev = BPF_CORE_READ(ino, i_sb, s_dev);
+		if (bpf_map_lookup_elem(&log_files, &lk))
+			return CAT_LOGGING;
+	}
+	/* pipe, tty, /dev/null or a file on stdout/stderr: the log */
+	if (fd == 1 || fd == 2)
+		return CAT_LOGGING;
+	return CAT_NONE;
+}
+
+static __always_inline struct file *fd_file(struct task_struct *task, int fd)
+{
+	if (fd < 0)
+		return 0;
+	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
+	unsigned int max = BPF_CORE_READ(fdt, max_fds);
+	if ((unsigned int)fd >= max)
+		return 0;
+	struct file **fds = BPF_CORE_READ(fdt, fd);
+	struct file *f = 0;
+	bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]);
+	return f;
+}
+
+static __always_inline u8 classify_fd(struct task_struct *task, int fd)
+{
+	return classify_file(fd_file(task, fd), fd);
+}
+
+static __always_inline int cover_slot(u8 cat)
+{
+	switch (cat) {
+	case CAT_NETWORK: return 0;
+	case CAT_DATABASE: return 1;
+	case CAT_LOGGING: return 2;
+	case CAT_EVENT_LOOP: return -1; /* wake-up fds do not change what a wait is for */
+	default: return 3;
+	}
+}
+
+/* An epoll wait is the database's (or the log's) when every fd it covers is; a wait
+ * that covers client sockets, or a mix, is the event loop's. */
+static __always_inline u8 epoll_wait_cat(u32 epfd)
+{
+	struct epoll_cover *c = bpf_map_lookup_elem(&epoll_fds, &epfd);
+	if (!c)
+		return CAT_EVENT_LOOP;
+	if (c->n[0] > 0 || c->n[3] > 0)
+		return CAT_EVENT_LOOP;
+	if (c->n[1] > 0 && c->n[2] <= 0)
+		return CAT_DATABASE;
+	if (c->n[2] > 0 && c->n[1] <= 0)
+		return CAT_LOGGING;
+	return CAT_EVENT_LOOP;
+}
+
+static __always_inline void epoll_ctl_note(struct task_struct *task, u32 epfd, int op, int fd)
+{
+	/* EPOLL_CTL_ADD = 1, EPOLL_CTL_DEL = 2 */
+	if (op != 1 && op != 2)
+		return;
+	int slot = cover_slot(classify_fd(task, fd));
+	if (slot < 0 || slot > 3)
+		return;
+	struct epoll_cover *c = bpf_map_lookup_elem(&epoll_fds, &epfd);
+	if (!c) {
+		if (op != 1)
+			return;
+		struct epoll_cover zero = {};
+		bpf_map_update_elem(&epoll_fds, &epfd, &zero, BPF_NOEXIST);
+		c = bpf_map_lookup_elem(&epoll_fds, &epfd);
+		if (!c)
+			return;
+	}
+	__sync_fetch_and_add(&c->n[slot], op == 1 ? 1 : -1);
+}
+
+/* connect(): the socket has no peer yet, so read the address the caller passes. */
+static __always_inline u8 connect_cat(struct task_struct *task, int fd, const void *uaddr)
+{
+	u16 family = 0;
+	if (bpf_probe_read_user(&family, sizeof(family), uaddr))
+		return CAT_NONE;
+	if (family == AF_INET || family == AF_INET6) {
+		u16 port = 0; /* sin_port and sin6_port sit at offset 2, network order */
+		bpf_probe_read_user(&port, sizeof(port), uaddr + 2);
+		if (db_port_be && port == db_port_be)
+			return CAT_DATABASE;
+		return CAT_NONE;
+	}
+	if (family == AF_UNIX && db_path_len) {
+		char path[DB_PATH_MAX] = {};
+		bpf_probe_read_user(path, sizeof(path), uaddr + 2);
+		for (int i = 0; i < DB_PATH_MAX; i++) {
+			if (i >= db_path_len)
+				break;
+			if (path[i] != db_path[i])
+				return CAT_NONE;
+		}
+		struct file *f = fd_file(task, fd);
+		if (f) {
+			u64 key = (u64)socket_sk(f);
+			u8 one = 1;
+			bpf_map_update_elem(&db_unix_socks, &key, &one, BPF_ANY);
+		}
+		return CAT_DATABASE;
+	}
+	return CAT_NONE;
+}
+
+SEC("tp_btf/sys_enter")
+int BPF_PROG(sys_enter, struct pt_regs *regs, long id)
+{
+	if (!is_target())
+		return 0;
+	if (id < 0 || id >= NR_SYSCALLS)
+		return 0;
+	u32 nr = id;
+	u32 *clsp = bpf_map_lookup_elem(&sys_class, &nr);
+	u32 cls = clsp ? *clsp : CAT_OTHER;
+	u8 cat = cls & SC_CAT_MASK;
+	struct task_struct *task = bpf_get_current_task_btf();
+	u64 a0 = BPF_CORE_READ(regs, di);
+
+	if (cls & SC_EPOLL_WAIT) {
+		cat = epoll_wait_cat((u32)a0);
+	} else if (cls & SC_EPOLL_CTL) {
+		epoll_ctl_note(task, (u32)a0, (int)BPF_CORE_READ(regs, si),
+			       (int)BPF_CORE_READ(regs, dx));
+	} else if (cls & SC_POLL) {
+		if (BPF_CORE_READ(regs, si) == 1) {
+			int pfd = -1; /* struct pollfd { int fd; short events, revents; } */
+			bpf_probe_read_user(&pfd, sizeof(pfd), (void *)a0);
+			u8 c = classify_fd(task, pfd);
+			if (c != CAT_NONE)
+				cat = c;
+		}
+	} else if (cls & SC_FD0) {
+		u8 c;
+		if (cls & SC_CONNECT)
+			c = connect_cat(task, (int)a0, (void *)BPF_CORE_READ(regs, si));
+		else
+			c = classify_fd(task, (int)a0);
+		if (c != CAT_NONE)
+			cat = c;
+		if (cls & SC_CLOSE) {
+			u32 fd32 = a0;
+			bpf_map_delete_elem(&epoll_fds, &fd32);
+			if (c == CAT_DATABASE) {
+				struct file *f = fd_file(task, (int)a0);
+				if (f) {
+					u64 key = (u64)socket_sk(f);
+					bpf_map_delete_elem(&db_unix_socks, &key);
+				}
+			}
+		}
+		if (cls & SC_LISTEN) {
+			struct file *f = fd_file(task, (int)a0);
+			if (f && ((BPF_CORE_READ(f, f_inode, i_mode) & S_IFMT) == S_IFSOCK)) {
+				u16 lport = BPF_CORE_READ(socket_sk(f), __sk_common.skc_num);
+				u8 one = 1;
+				if (lport)
+					bpf_map_update_elem(&listen_ports, &lport, &one, BPF_ANY);
+				cat = CAT_NETWORK;
+			}
+		}
+	}
+
+	if (cls & SC_NORET) {
+		struct agg_key key = {};
+		bpf_get_current_comm(key.comm, sizeof(key.comm));
+		key.nr = nr;
+		key.cat = cat;
+		key.kind = KIND_SYSCALL;
+		struct agg_val *v = agg_entry(&key);
+		if (v)
+			account(v, 0, 0, false);
+		return 0;
+	}
+
+	struct task_state *st =
+		bpf_task_storage_get(&tstate, task, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!st)
+		return 0;
+	st->enter_ts = bpf_ktime_get_ns();
+	st->nr = nr;
+	st->flags = cls;
+	st->cat = cat;
+	st->in_sys = 1;
+	st->blocked_ns = 0;
+	st->runq_ns = 0;
+	return 0;
+}
+
+SEC("tp_btf/sys_exit")
+int BPF_PROG(sys_exit, struct pt_regs *regs, long ret)
+{
+	if (!is_target())
+		return 0;
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct task_state *st = bpf_task_storage_get(&tstate, task, 0, 0);
+	if (!st || !st->in_sys)
+		return 0;
+	st->in_sys = 0;
+	u64 dur = bpf_ktime_get_ns() - st->enter_ts;
+	u8 cat = st->cat;
+	if ((st->flags & SC_RET_FD) && ret >= 0) {
+		u8 c = classify_fd(task, (int)ret);
+		if (c != CAT_NONE)
+			cat = c;
+	}
+	struct agg_key key = {};
+	bpf_get_current_comm(key.comm, sizeof(key.comm));
+	key.nr = st->nr;
+	key.cat = cat;
+	key.kind = KIND_SYSCALL;
+	struct agg_val *v = agg_entry(&key);
+	if (!v)
+		return 0;
+	account(v, ret, dur, st->flags & SC_BYTES);
+	v->blocked_ns += st->blocked_ns;
+	v->runq_ns += st->runq_ns;
+	return 0;
+}
+
+/* Off-CPU: switch-out time, then (if it slept) wake-up time, then switch-in. Blocked is
+ * switch-out -> wake-up; run-queue delay is wake-up (or a preempting switch-out) ->
+ * switch-in. Inside a syscall both go to that syscall; outside, to a KIND_SCHED entry. */
+SEC("tp_btf/sched_switch")
+int BPF_PROG(sched_switch, bool preempt, struct task_struct *prev, struct task_struct *next,
+	     unsigned int prev_state)
+{
+	u64 now = 0;
+	if (prev->tgid == targ_tgid) {
+		struct task_state *st = bpf_task_storage_get(&tstate, prev, 0,
+							     BPF_LOCAL_STORAGE_GET_F_CREATE);
+		if (st) {
+			now = bpf_ktime_get_ns();
+			st->off_ts = now;
+			st->wake_ts = 0;
+			st->preempted = prev_state == 0; /* TASK_RUNNING: still runnable */
+		}
+	}
+	if (next->tgid == targ_tgid) {
+		struct task_state *st = bpf_task_storage_get(&tstate, next, 0, 0);
+		if (!st || !st->off_ts)
+			return 0;
+		if (!now)
+			now = bpf_ktime_get_ns();
+		u64 blocked = 0, runq = 0;
+		if (st->preempted) {
+			runq = now - st->off_ts;
+		} else if (st->wake_ts > st->off_ts && st->wake_ts <= now) {
+			blocked = st->wake_ts - st->off_ts;
+			runq = now - st->wake_ts;
+		} else {
+			blocked = now - st->off_ts;
+		}
+		st->off_ts = 0;
+		if (st->in_sys) {
+			st->blocked_ns += blocked;
+			st->runq_ns += runq;
+		} else {
+			struct agg_key key = {};
+			__builtin_memcpy(key.comm, next->comm, sizeof(key.comm));
+			key.cat = CAT_OTHER;
+			key.kind = KIND_SCHED;
+			struct agg_val *v = agg_entry(&key);
+			if (v) {
+				v->count += 1;
+				v->blocked_ns += blocked;
+				v->runq_ns += runq;
+			}
+		}
+	}
+	return 0;
+}
+
+SEC("tp_btf/sched_wakeup")
+int BPF_PROG(sched_wakeup, struct task_struct *p)
+{
+	if (p->tgid != targ_tgid)
+		return 0;
+	struct task_state *st = bpf_task_storage_get(&tstate, p, 0, 0);
+	if (st && st->off_ts && !st->wake_ts)
+		st->wake_ts = bpf_ktime_get_ns();
+	return 0;
+}
+
+/* Ring operations: submit_req (opcode) -> file_get (fd, not for registered files) ->
+ * complete (res). Keyed by the request pointer, which the kernel reuses: the state is
+ * removed at the last completion. Completions may run in any context (io-wq workers,
+ * task work, interrupts), so they are matched by pointer, not by tgid. */
+SEC("tp_btf/io_uring_submit_req")
+int BPF_PROG(io_uring_submit_req, struct io_kiocb *req)
+{
+	if (!is_target())
+		return 0;
+	struct ring_state rs = {};
+	rs.ts = bpf_ktime_get_ns();
+	rs.opcode = BPF_CORE_READ(req, opcode);
+	rs.cat = CAT_NONE;
+	bpf_get_current_comm(rs.comm, sizeof(rs.comm));
+	u64 key = (u64)req;
+	if (bpf_map_update_elem(&ring_reqs, &key, &rs, BPF_ANY))
+		note_drop();
+	return 0;
+}
+
+SEC("tp_btf/io_uring_file_get")
+int BPF_PROG(io_uring_file_get, struct io_kiocb *req, int fd)
+{
+	u64 key = (u64)req;
+	struct ring_state *rs = bpf_map_lookup_elem(&ring_reqs, &key);
+	if (!rs)
+		return 0;
+	rs->cat = classify_fd(bpf_get_current_task_btf(), fd);
+	return 0;
+}
+
+static __always_inline bool ring_op_bytes(u8 op)
+{
+	switch (op) {
+	case 1: case 2: case 4: case 5: case 9: case 10: case 22: case 23:
+	case 26: case 27: case 30: case 47: case 48: case 49: case 60: case 61:
+		return true;
+	}
+	return false;
+}
+
+SEC("tp_btf/io_uring_complete")
+int BPF_PROG(io_uring_complete, struct io_ring_ctx *ring, void *req, struct io_uring_cqe *cqe)
+{
+	u64 key = (u64)req;
+	struct ring_state *rs = bpf_map_lookup_elem(&ring_reqs, &key);
+	if (!rs)
+		return 0;
+	s32 res = BPF_CORE_READ(cqe, res);
+	u32 flags = BPF_CORE_READ(cqe, flags);
+	u8 cat = rs->cat;
+	if (cat == CAT_NONE) /* registered file, or fd-less op: look at the request's file */
+		cat = classify_file(BPF_CORE_READ((struct io_kiocb *)req, file), -1);
+	if (cat == CAT_NONE)
+		cat = CAT_OTHER;
+	struct agg_key k = {};
+	__builtin_memcpy(k.comm, rs->comm, sizeof(k.comm));
+	k.nr = rs->opcode;
+	k.cat = cat;
+	k.kind = KIND_RING;
+	u64 dur = bpf_ktime_get_ns() - rs->ts;
+	struct agg_val *v = agg_entry(&k);
+	if (v)
+		account(v, res, dur, ring_op_bytes(rs->opcode));
+	if (!(flags & IORING_CQE_F_MORE))
+		bpf_map_delete_elem(&ring_reqs, &key);
+	return 0;
+}

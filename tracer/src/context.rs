@@ -1,0 +1,233 @@
+//! The classification context: which socket is the database, which ports serve clients,
+//! which files are the log. Defaults come from the target itself (/proc), each one
+//! overridable (`--db`, `--listen-port`, `--log-file`).
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context as _, Result};
+
+use crate::procfs;
+use crate::profile::ContextInfo;
+
+/// The database endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DbEndpoint {
+    Tcp {
+        host: String,
+        port: u16,
+    },
+    /// A Unix socket path (Postgres: DIR/.s.PGSQL.PORT).
+    Unix(PathBuf),
+}
+
+impl DbEndpoint {
+    /// `HOST:PORT`, `[V6]:PORT`, or an absolute Unix socket path.
+    pub fn parse(s: &str) -> Result<DbEndpoint> {
+        if s.starts_with('/') {
+            return Ok(DbEndpoint::Unix(PathBuf::from(s)));
+        }
+        let (host, port) = s
+            .rsplit_once(':')
+            .with_context(|| format!("database endpoint {s:?} is not HOST:PORT or a path"))?;
+        let port: u16 = port
+            .parse()
+            .with_context(|| format!("bad port in database endpoint {s:?}"))?;
+        Ok(DbEndpoint::Tcp {
+            host: host.trim_matches(['[', ']']).to_string(),
+            port,
+        })
+    }
+
+    /// The endpoint a libpq-style `postgres://` URL names (host=/dir in the query, or a
+    /// host that is a directory, means a Unix socket).
+    pub fn from_url(url: &str) -> Option<DbEndpoint> {
+        let rest = url
+            .strip_prefix("postgres://")
+            .or_else(|| url.strip_prefix("postgresql://"))?;
+        let (authority, query) = match rest.split_once('?') {
+            Some((a, q)) => (a, Some(q)),
+            None => (rest, None),
+        };
+        let authority = authority.split('/').next().unwrap_or("");
+        let hostport = authority.rsplit('@').next().unwrap_or("");
+        let (mut host, mut port) = match hostport.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') || hostport.starts_with('[') => {
+                (h.trim_matches(['[', ']']).to_string(), p.parse().ok())
+            }
+            _ => (hostport.to_string(), None),
+        };
+        for kv in query.unwrap_or("").split('&') {
+            match kv.split_once('=') {
+                Some(("host", h)) => host = h.replace("%2F", "/").replace("%2f", "/"),
+                Some(("port", p)) => port = p.parse().ok(),
+                _ => {}
+            }
+        }
+        let port = port.unwrap_or(5432);
+        if host.starts_with('/') {
+            return Some(DbEndpoint::Unix(
+                PathBuf::from(host).join(format!(".s.PGSQL.{port}")),
+            ));
+        }
+        if host.is_empty() {
+            host = "localhost".into();
+        }
+        Some(DbEndpoint::Tcp { host, port })
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            DbEndpoint::Tcp { host, port } => format!("{host}:{port}"),
+            DbEndpoint::Unix(p) => p.display().to_string(),
+        }
+    }
+}
+
+/// What the user said (all optional: empty means "discover").
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub db: Option<DbEndpoint>,
+    pub listen_ports: Vec<u16>,
+    pub log_files: Vec<PathBuf>,
+}
+
+/// A log file and its identity as the kernel sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogFile {
+    pub path: PathBuf,
+    /// (kernel dev_t, inode), None while the file does not exist.
+    pub id: Option<(u32, u64)>,
+}
+
+/// The resolved context.
+#[derive(Debug, Clone)]
+pub struct Context {
+    pub db: DbEndpoint,
+    pub listen_ports: Vec<u16>,
+    pub log_files: Vec<LogFile>,
+    listen_fixed: bool,
+    logs_fixed: bool,
+}
+
+impl Context {
+    /// Resolves the context of `pid`: overrides first, then the target's DATABASE_URL,
+    /// LISTEN sockets and writable files, then the lab's own database.
+    pub fn resolve(pid: i32, o: &Overrides) -> Context {
+        let db = o.db.clone().unwrap_or_else(|| {
+            procfs::environ_var(pid, "DATABASE_URL")
+                .and_then(|u| DbEndpoint::from_url(&u))
+                .unwrap_or_else(|| DbEndpoint::Tcp {
+                    host: "127.0.0.1".into(),
+                    port: db::ClusterConfig::standard().port,
+                })
+        });
+        let mut c = Context {
+            db,
+            listen_ports: o.listen_ports.clone(),
+            log_files: o
+                .log_files
+                .iter()
+                .map(|p| LogFile {
+                    path: p.clone(),
+                    id: None,
+                })
+                .collect(),
+            listen_fixed: !o.listen_ports.is_empty(),
+            logs_fixed: !o.log_files.is_empty(),
+        };
+        c.refresh(pid);
+        c
+    }
+
+    /// Re-reads what is discovered (a spawned server opens its log and listens after the
+    /// trace starts). Returns true when something changed.
+    pub fn refresh(&mut self, pid: i32) -> bool {
+        let mut changed = false;
+        if !self.listen_fixed {
+            for p in procfs::listening_ports(pid) {
+                if !self.listen_ports.contains(&p) {
+                    self.listen_ports.push(p);
+                    changed = true;
+                }
+            }
+        }
+        if !self.logs_fixed {
+            for p in procfs::files_open_for_writing(pid) {
+                if !self.log_files.iter().any(|l| l.path == p) {
+                    self.log_files.push(LogFile { path: p, id: None });
+                }
+            }
+        }
+        for l in &mut self.log_files {
+            let id = procfs::kernel_dev_ino(&l.path);
+            if id != l.id {
+                l.id = id;
+                changed = true;
+            }
+        }
+        changed
+    }
+
+    pub fn db_port(&self) -> Option<u16> {
+        match &self.db {
+            DbEndpoint::Tcp { port, .. } => Some(*port),
+            DbEndpoint::Unix(_) => None,
+        }
+    }
+
+    pub fn info(&self) -> ContextInfo {
+        ContextInfo {
+            database: Some(self.db.describe()),
+            listen_ports: self.listen_ports.clone(),
+            log_files: self
+                .log_files
+                .iter()
+                .map(|l| l.path.display().to_string())
+                .chain(["fd 1".to_string(), "fd 2".to_string()])
+                .collect(),
+        }
+    }
+}
+
+/// Checks that `pid` exists and may be traced by us; the message is for the user.
+pub fn check_pid(pid: i32) -> Result<()> {
+    if pid <= 0 || !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        bail!("no process with pid {pid}");
+    }
+    if std::fs::read_link(format!("/proc/{pid}/exe")).is_err()
+        && std::fs::read_dir(format!("/proc/{pid}/fd")).is_err()
+    {
+        bail!(
+            "not allowed to trace pid {pid} (its /proc entries are not readable: run as its \
+             owner or as root)"
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        assert_eq!(
+            DbEndpoint::from_url("postgres://u:p@127.0.0.1:54320/hello_world"),
+            Some(DbEndpoint::Tcp {
+                host: "127.0.0.1".into(),
+                port: 54320
+            })
+        );
+        assert_eq!(
+            DbEndpoint::from_url("postgres://u@/db?host=/run/pg&port=5433"),
+            Some(DbEndpoint::Unix("/run/pg/.s.PGSQL.5433".into()))
+        );
+        assert_eq!(
+            DbEndpoint::parse("db:5432").unwrap(),
+            DbEndpoint::Tcp {
+                host: "db".into(),
+                port: 5432
+            }
+        );
+    }
+}

@@ -1,0 +1,102 @@
+//! Classifying an fd from /proc, for the ptrace backend (and for seeding the eBPF
+//! backend's epoll sets in attach mode). Read at the stop, after the fact: an
+//! approximation, see the module doc of [`crate::procfs`].
+
+use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
+
+use crate::category::Category;
+use crate::context::Context;
+use crate::procfs::{self, FdTarget, TcpSock};
+
+/// The category an fd gives a call, or None when the fd says nothing.
+pub fn classify_proc_fd(
+    pid: i32,
+    fd: i32,
+    ctx: &Context,
+    socks: &HashMap<u64, TcpSock>,
+) -> Option<Category> {
+    let t = procfs::fd_target(pid, fd)?;
+    classify_target(
+        pid,
+        fd,
+        &t,
+        ctx,
+        socks.get(&match t {
+            FdTarget::Socket(i) => i,
+            _ => 0,
+        }),
+    )
+}
+
+pub fn classify_target(
+    pid: i32,
+    fd: i32,
+    t: &FdTarget,
+    ctx: &Context,
+    tcp: Option<&TcpSock>,
+) -> Option<Category> {
+    let stdio = fd == 1 || fd == 2;
+    match t {
+        FdTarget::Socket(_) => {
+            if let Some(s) = tcp {
+                if Some(s.remote_port) == ctx.db_port() {
+                    return Some(Category::Database);
+                }
+                if s.listening || ctx.listen_ports.contains(&s.local_port) {
+                    return Some(Category::Network);
+                }
+            }
+            stdio.then_some(Category::Logging)
+        }
+        FdTarget::AnonInode(kind) => match kind.as_str() {
+            "eventfd" | "eventpoll" | "io_uring" | "timerfd" => Some(Category::EventLoop),
+            _ => None,
+        },
+        FdTarget::Path(_) => {
+            let m = std::fs::metadata(format!("/proc/{pid}/fd/{fd}")).ok();
+            if let Some(m) = m.filter(|m| m.file_type().is_file()) {
+                let (maj, min) = (libc::major(m.dev()), libc::minor(m.dev()));
+                let id = Some(((maj << 20) | min, m.ino()));
+                if ctx.log_files.iter().any(|l| l.id == id) {
+                    return Some(Category::Logging);
+                }
+            }
+            stdio.then_some(Category::Logging)
+        }
+        FdTarget::Pipe | FdTarget::Other(_) => stdio.then_some(Category::Logging),
+    }
+}
+
+/// Socket lookups with a cache of /proc/PID/net/tcp{,6}, re-read when an unknown socket
+/// inode shows up; inodes still unknown after a fresh read (Unix sockets) are remembered.
+pub struct SockCache {
+    pub socks: HashMap<u64, TcpSock>,
+    not_tcp: std::collections::HashSet<u64>,
+}
+
+impl SockCache {
+    pub fn new(pid: i32) -> SockCache {
+        SockCache {
+            socks: procfs::tcp_sockets(pid),
+            not_tcp: Default::default(),
+        }
+    }
+
+    pub fn classify(&mut self, pid: i32, fd: i32, ctx: &Context) -> Option<Category> {
+        let t = procfs::fd_target(pid, fd)?;
+        let tcp = match t {
+            FdTarget::Socket(ino) => {
+                if !self.socks.contains_key(&ino) && !self.not_tcp.contains(&ino) {
+                    self.socks = procfs::tcp_sockets(pid);
+                    if !self.socks.contains_key(&ino) {
+                        self.not_tcp.insert(ino);
+                    }
+                }
+                self.socks.get(&ino).copied()
+            }
+            _ => None,
+        };
+        classify_target(pid, fd, &t, ctx, tcp.as_ref())
+    }
+}

@@ -1,0 +1,629 @@
+//! The ptrace backend: a portable approximation for when eBPF is not permitted.
+//!
+//! - Attach mode: PTRACE_SEIZE every thread of /proc/PID/task (TRACECLONE catches the
+//!   threads created later) and stop at every syscall entry and exit.
+//! - Spawn mode: the child stops itself before exec, then installs a seccomp filter that
+//!   returns RET_TRACE only for the syscalls of interest (fd I/O, waits, futex: see
+//!   [`traced_syscalls`]); every other syscall runs at full speed and is not counted.
+//!
+//! fds are classified from /proc at the stop ([`classify`]). Ring operations are
+//! invisible (they never pass through a syscall) and off-CPU time is not measured; the
+//! profile says so. Timing includes the cost of the stops themselves.
+
+pub mod classify;
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _, Result};
+use nix::errno::Errno;
+use nix::sys::ptrace::{self, Options as PtraceOptions};
+use nix::sys::signal::Signal;
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+use crate::category::Category;
+use crate::context::Context;
+use crate::profile::{role_of, Kind, Meta, Profile, Record, Stats, TargetInfo};
+use crate::session::{Cmd, Options, Shared, Started, Target};
+use crate::spawn::{fork_held, Argv, Hold};
+use crate::syscalls::{self, class_of};
+use classify::SockCache;
+
+/// The syscalls spawn mode stops at: those an fd or a wait classifies, and thread
+/// hand-offs. Memory and thread life-cycle calls run unobserved (execve too: it would
+/// stop before the tracer is ready).
+pub fn traced_syscalls() -> Vec<u32> {
+    (0..syscalls::NR_SLOTS)
+        .filter(|&nr| {
+            let name = syscalls::name(nr);
+            let (cat, flags) = class_of(&name);
+            name != "execve"
+                && !name.starts_with("sys_")
+                && (flags & !syscalls::NORET != 0
+                    || matches!(cat, Category::EventLoop | Category::Sync))
+        })
+        .collect()
+}
+
+fn seccomp_filter() -> Result<Vec<libc::sock_filter>> {
+    use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, TargetArch};
+    let rules = traced_syscalls()
+        .into_iter()
+        .map(|nr| (nr as i64, vec![]))
+        .collect();
+    let filter = SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Trace(0),
+        TargetArch::x86_64,
+    )
+    .context("building the seccomp filter")?;
+    let prog: BpfProgram = filter.try_into().context("compiling the seccomp filter")?;
+    Ok(prog
+        .into_iter()
+        .map(|f| libc::sock_filter {
+            code: f.code,
+            jt: f.jt,
+            jf: f.jf,
+            k: f.k,
+        })
+        .collect())
+}
+
+/// The realtime signal that interrupts the worker's waitpid (no-op handler, no SA_RESTART).
+fn wake_signal() -> i32 {
+    libc::SIGRTMIN() + 5
+}
+
+extern "C" fn noop(_: libc::c_int) {}
+
+fn install_wake_handler() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = noop as *const () as usize;
+        sa.sa_flags = 0;
+        libc::sigemptyset(&mut sa.sa_mask);
+        libc::sigaction(wake_signal(), &sa, std::ptr::null_mut());
+    });
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    nr: u32,
+    cat: Category,
+    flags: u32,
+    ts: Instant,
+}
+
+#[derive(Default)]
+struct Thread {
+    entry: Option<Entry>,
+    comm: Option<String>,
+}
+
+struct Tracer {
+    pid: i32,
+    spawn: bool,
+    ctx: Context,
+    socks: SockCache,
+    threads: HashMap<i32, Thread>,
+    stats: HashMap<(String, u32, Category), Stats>,
+    /// Per epoll fd: how many fds of network, database, logging, other it covers.
+    epoll: HashMap<i32, [i32; 4]>,
+    exited: bool,
+}
+
+/// The worker: attach or spawn, then loop on waitpid until told to stop.
+pub(crate) fn run(
+    target: Target,
+    opts: Options,
+    ready: mpsc::Sender<Result<Started>>,
+    cmds: mpsc::Receiver<Cmd>,
+    shared: Arc<Shared>,
+) -> Result<Profile> {
+    install_wake_handler();
+    let me = unsafe { libc::pthread_self() };
+    let sig = wake_signal();
+    let wake: Box<dyn Fn() + Send> = Box::new(move || unsafe {
+        libc::pthread_kill(me, sig);
+    });
+
+    let attached = match &target {
+        Target::Pid(pid) => attach(*pid).map(|_| (*pid, false, procfs_cmd(*pid))),
+        Target::Command(cmd) => spawn(cmd).map(|pid| {
+            let c = cmd
+                .iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+                .join(" ");
+            (pid, true, c)
+        }),
+    };
+    let (pid, spawned, command) = match attached {
+        Ok(x) => x,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            bail!("not attached");
+        }
+    };
+    let ctx = Context::resolve(pid, &opts.overrides);
+    let mut t = Tracer {
+        pid,
+        spawn: spawned,
+        socks: SockCache::new(pid),
+        threads: HashMap::new(),
+        stats: HashMap::new(),
+        epoll: HashMap::new(),
+        exited: false,
+        ctx,
+    };
+    if !spawned {
+        for tid in crate::procfs::tasks(pid) {
+            t.threads.insert(tid, Thread::default());
+        }
+        t.seed_epoll();
+    } else {
+        t.threads.insert(pid, Thread::default());
+    }
+    let start = Instant::now();
+    let _ = ready.send(Ok(Started {
+        pid,
+        wake: Some(wake),
+    }));
+
+    let mut notes = vec![
+        "ptrace backend: fds are classified from /proc at each stop, an approximation".to_string(),
+        "ptrace backend: io_uring ring operations are invisible to it".to_string(),
+        "ptrace backend: off-CPU time is not measured; call times include the cost of the stops"
+            .to_string(),
+    ];
+    if spawned {
+        notes.push(format!(
+            "spawn mode: only the {} syscalls of its seccomp filter are counted (fd I/O, waits, \
+             futex); memory and thread life-cycle calls are not",
+            traced_syscalls().len()
+        ));
+    }
+    let mut last_refresh = Instant::now();
+    let meta = |t: &Tracer, notes: &[String]| Meta {
+        backend: "ptrace".into(),
+        approximate: true,
+        ring_ops_visible: false,
+        offcpu_measured: false,
+        target: TargetInfo {
+            pid,
+            command: command.clone(),
+            spawned,
+            exited: t.exited,
+        },
+        context: t.ctx.info(),
+        duration_s: start.elapsed().as_secs_f64(),
+        dropped_events: 0,
+        notes: notes.to_vec(),
+    };
+
+    loop {
+        if shared.stop.load(Ordering::SeqCst) {
+            break;
+        }
+        loop {
+            match cmds.try_recv() {
+                Ok(Cmd::Snapshot(tx)) => {
+                    let _ = tx.send(t.profile(meta(&t, &notes)));
+                }
+                Ok(Cmd::Stop) | Err(mpsc::TryRecvError::Disconnected) => {
+                    shared.stop.store(true, Ordering::SeqCst);
+                    break;
+                }
+                Err(mpsc::TryRecvError::Empty) => break,
+            }
+        }
+        if shared.stop.load(Ordering::SeqCst) {
+            break;
+        }
+        if t.exited {
+            // Nothing left to wait for: serve commands only.
+            match cmds.recv_timeout(Duration::from_millis(100)) {
+                Ok(Cmd::Snapshot(tx)) => {
+                    let _ = tx.send(t.profile(meta(&t, &notes)));
+                }
+                Ok(Cmd::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+            }
+            continue;
+        }
+        if last_refresh.elapsed() > Duration::from_secs(1) {
+            last_refresh = Instant::now();
+            t.ctx.refresh(pid);
+        }
+        match waitpid(None, Some(WaitPidFlag::__WALL)) {
+            Ok(ws) => t.handle(ws),
+            Err(Errno::EINTR) => {}
+            Err(Errno::ECHILD) => {
+                t.exited = true;
+            }
+            Err(e) => return Err(e).context("waitpid"),
+        }
+        if t.exited && !shared.exited.load(Ordering::SeqCst) {
+            shared.exited.store(true, Ordering::SeqCst);
+            notes.push(format!(
+                "the target (pid {pid}) exited after {:.1} s; the trace ends there",
+                start.elapsed().as_secs_f64()
+            ));
+        }
+    }
+    let profile = t.profile(meta(&t, &notes));
+    if !t.exited {
+        if spawned {
+            t.finish_child();
+        } else {
+            t.detach_all();
+        }
+    }
+    Ok(profile)
+}
+
+fn procfs_cmd(pid: i32) -> String {
+    crate::procfs::cmdline(pid)
+}
+
+/// Seizes every thread (re-reading the task list until it is stable: threads created while
+/// we seize are caught by TRACECLONE only once their parent is seized), then interrupts
+/// each so that the first stop starts syscall tracing.
+fn attach(pid: i32) -> Result<()> {
+    crate::context::check_pid(pid)?;
+    let opts = PtraceOptions::PTRACE_O_TRACESYSGOOD | PtraceOptions::PTRACE_O_TRACECLONE;
+    let mut seized = std::collections::HashSet::new();
+    loop {
+        let mut new = false;
+        for tid in crate::procfs::tasks(pid) {
+            if seized.insert(tid) {
+                new = true;
+                match ptrace::seize(Pid::from_raw(tid), opts) {
+                    Ok(()) => {}
+                    Err(Errno::ESRCH) => continue,
+                    Err(Errno::EPERM) => bail!(
+                        "not allowed to trace pid {pid}: ptrace needs the same user (and \
+                         kernel.yama.ptrace_scope 0) or CAP_SYS_PTRACE"
+                    ),
+                    Err(e) => bail!("PTRACE_SEIZE {tid}: {e}"),
+                }
+                let _ = ptrace::interrupt(Pid::from_raw(tid));
+            }
+        }
+        if !new {
+            return Ok(());
+        }
+    }
+}
+
+/// Forks the command held on SIGSTOP, sets the options, and lets it install its seccomp
+/// filter and exec.
+fn spawn(cmd: &[std::ffi::OsString]) -> Result<i32> {
+    let argv = Argv::new(cmd)?;
+    let filter = seccomp_filter()?;
+    let pid = fork_held(&argv, &Hold::Ptrace(filter))?;
+    let p = Pid::from_raw(pid);
+    match waitpid(p, Some(WaitPidFlag::__WALL)).context("waiting for the child to stop")? {
+        WaitStatus::Stopped(_, Signal::SIGSTOP) => {}
+        other => bail!("the child did not stop as expected: {other:?}"),
+    }
+    ptrace::setoptions(
+        p,
+        PtraceOptions::PTRACE_O_TRACESYSGOOD
+            | PtraceOptions::PTRACE_O_TRACECLONE
+            | PtraceOptions::PTRACE_O_TRACESECCOMP
+            | PtraceOptions::PTRACE_O_TRACEEXEC
+            | PtraceOptions::PTRACE_O_EXITKILL,
+    )
+    .context("PTRACE_SETOPTIONS")?;
+    ptrace::cont(p, None).context("PTRACE_CONT")?;
+    Ok(pid)
+}
+
+impl Tracer {
+    /// Restarts a thread: to the next syscall stop (attach mode, or to catch the exit of a
+    /// seccomp-stopped call), or to the next seccomp stop (spawn mode).
+    fn resume(&self, tid: Pid, sig: Option<Signal>, to_exit: bool) {
+        let r = if !self.spawn || to_exit {
+            ptrace::syscall(tid, sig)
+        } else {
+            ptrace::cont(tid, sig)
+        };
+        let _ = r;
+    }
+
+    fn handle(&mut self, ws: WaitStatus) {
+        match ws {
+            WaitStatus::PtraceSyscall(tid) => {
+                let info = ptrace::syscall_info(tid);
+                let mut to_exit = false;
+                if let Ok(info) = info {
+                    match info.op {
+                        libc::PTRACE_SYSCALL_INFO_ENTRY => {
+                            let e = unsafe { info.u.entry };
+                            self.on_entry(tid.as_raw(), e.nr as u32, e.args);
+                        }
+                        libc::PTRACE_SYSCALL_INFO_EXIT => {
+                            let x = unsafe { info.u.exit };
+                            self.on_exit(tid.as_raw(), x.sval);
+                        }
+                        _ => {}
+                    }
+                    // In spawn mode an entry seen here (rare: after a signal) still wants
+                    // its exit.
+                    to_exit = info.op == libc::PTRACE_SYSCALL_INFO_ENTRY;
+                }
+                self.threads.entry(tid.as_raw()).or_default();
+                self.resume(tid, None, to_exit);
+            }
+            WaitStatus::PtraceEvent(tid, _, ev) => {
+                self.threads.entry(tid.as_raw()).or_default();
+                let mut to_exit = false;
+                if ev == libc::PTRACE_EVENT_SECCOMP {
+                    if let Ok(info) = ptrace::syscall_info(tid) {
+                        if info.op == libc::PTRACE_SYSCALL_INFO_SECCOMP {
+                            let s = unsafe { info.u.seccomp };
+                            self.on_entry(tid.as_raw(), s.nr as u32, s.args);
+                            to_exit = true;
+                        }
+                    }
+                } else if ev == libc::PTRACE_EVENT_CLONE {
+                    if let Ok(new) = ptrace::getevent(tid) {
+                        self.threads.entry(new as i32).or_default();
+                    }
+                }
+                // PTRACE_EVENT_STOP (first stop after seize, group stops), EXEC: go on.
+                self.resume(tid, None, to_exit);
+            }
+            WaitStatus::Stopped(tid, sig) => {
+                // A thread created under TRACEME starts with a SIGSTOP: swallow it.
+                let fresh = !self.threads.contains_key(&tid.as_raw());
+                self.threads.entry(tid.as_raw()).or_default();
+                if sig == Signal::SIGSTOP && fresh {
+                    self.resume(tid, None, false);
+                } else {
+                    self.resume(tid, Some(sig), false);
+                }
+            }
+            WaitStatus::Exited(tid, _) | WaitStatus::Signaled(tid, _, _) => {
+                self.threads.remove(&tid.as_raw());
+                if tid.as_raw() == self.pid || self.threads.is_empty() {
+                    self.exited = !crate::procfs::alive(self.pid) || tid.as_raw() == self.pid;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn role(&mut self, tid: i32) -> String {
+        let pid = self.pid;
+        let th = self.threads.entry(tid).or_default();
+        if th.comm.is_none() {
+            th.comm = Some(crate::procfs::comm(pid, tid));
+        }
+        role_of(th.comm.as_deref().unwrap_or(""))
+    }
+
+    fn on_entry(&mut self, tid: i32, nr: u32, args: [u64; 6]) {
+        let name = syscalls::name(nr);
+        let (mut cat, flags) = class_of(&name);
+        let pid = self.pid;
+        if flags & syscalls::EPOLL_WAIT != 0 {
+            cat = self.epoll_wait_cat(args[0] as i32);
+        } else if flags & syscalls::EPOLL_CTL != 0 {
+            let (epfd, op, fd) = (args[0] as i32, args[1] as i32, args[2] as i32);
+            if op == libc::EPOLL_CTL_ADD || op == libc::EPOLL_CTL_DEL {
+                if let Some(slot) = slot(self.socks.classify(pid, fd, &self.ctx)) {
+                    let n = self.epoll.entry(epfd).or_default();
+                    n[slot] += if op == libc::EPOLL_CTL_ADD { 1 } else { -1 };
+                }
+            }
+        } else if flags & syscalls::POLL != 0 {
+            if args[1] == 1 {
+                if let Some(fd) = read_i32(pid, args[0]) {
+                    if let Some(c) = self.socks.classify(pid, fd, &self.ctx) {
+                        cat = c;
+                    }
+                }
+            }
+        } else if flags & syscalls::CONNECT != 0 {
+            // Not connected yet: the address says where it goes.
+            if let Some(port) = read_port(pid, args[1]) {
+                if Some(port) == self.ctx.db_port() {
+                    cat = Category::Database;
+                }
+            }
+        } else if flags & syscalls::FD0 != 0 {
+            if let Some(c) = self.socks.classify(pid, args[0] as i32, &self.ctx) {
+                cat = c;
+            }
+            if flags & syscalls::CLOSE != 0 {
+                self.epoll.remove(&(args[0] as i32));
+            }
+            if flags & syscalls::LISTEN != 0 {
+                self.ctx.refresh(pid);
+            }
+        }
+        let e = Entry {
+            nr,
+            cat,
+            flags,
+            ts: Instant::now(),
+        };
+        if flags & syscalls::NORET != 0 {
+            let role = self.role(tid);
+            self.stats
+                .entry((role, nr, cat))
+                .or_default()
+                .record(0, 0, false);
+            return;
+        }
+        self.threads.entry(tid).or_default().entry = Some(e);
+    }
+
+    fn on_exit(&mut self, tid: i32, ret: i64) {
+        let Some(e) = self.threads.get_mut(&tid).and_then(|t| t.entry.take()) else {
+            return;
+        };
+        let dur = e.ts.elapsed().as_nanos() as u64;
+        let mut cat = e.cat;
+        if e.flags & syscalls::RET_FD != 0 && ret >= 0 {
+            if let Some(c) = self.socks.classify(self.pid, ret as i32, &self.ctx) {
+                cat = c;
+            }
+        }
+        let role = self.role(tid);
+        self.stats.entry((role, e.nr, cat)).or_default().record(
+            ret,
+            dur,
+            e.flags & syscalls::BYTES != 0,
+        );
+    }
+
+    fn epoll_wait_cat(&self, epfd: i32) -> Category {
+        match self.epoll.get(&epfd) {
+            Some(n) if n[0] <= 0 && n[3] <= 0 && n[1] > 0 && n[2] <= 0 => Category::Database,
+            Some(n) if n[0] <= 0 && n[3] <= 0 && n[2] > 0 && n[1] <= 0 => Category::Logging,
+            _ => Category::EventLoop,
+        }
+    }
+
+    fn seed_epoll(&mut self) {
+        let pid = self.pid;
+        for fd in crate::procfs::fds(pid) {
+            if crate::procfs::fd_target(pid, fd)
+                != Some(crate::procfs::FdTarget::AnonInode("eventpoll".into()))
+            {
+                continue;
+            }
+            let mut n = [0i32; 4];
+            for tfd in crate::procfs::epoll_targets(pid, fd) {
+                if let Some(s) = slot(self.socks.classify(pid, tfd, &self.ctx)) {
+                    n[s] += 1;
+                }
+            }
+            self.epoll.insert(fd, n);
+        }
+    }
+
+    fn profile(&self, meta: Meta) -> Profile {
+        let records: Vec<Record> = self
+            .stats
+            .iter()
+            .map(|((role, nr, cat), s)| Record {
+                role: role.clone(),
+                kind: Kind::Syscall,
+                name: syscalls::name(*nr),
+                category: *cat,
+                stats: s.clone(),
+            })
+            .collect();
+        Profile::build(meta, &records, Stats::default())
+    }
+
+    /// Attach mode: interrupt every thread and detach it at its stop, passing on any
+    /// signal it was about to receive. The target runs on as before.
+    fn detach_all(&mut self) {
+        for &tid in self.threads.keys() {
+            let _ = ptrace::interrupt(Pid::from_raw(tid));
+        }
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while !self.threads.is_empty() && Instant::now() < deadline {
+            match waitpid(None, Some(WaitPidFlag::__WALL)) {
+                Ok(WaitStatus::Stopped(tid, sig)) => {
+                    let s = (sig != Signal::SIGSTOP).then_some(sig);
+                    let _ = ptrace::detach(tid, s);
+                    self.threads.remove(&tid.as_raw());
+                }
+                Ok(WaitStatus::PtraceEvent(tid, _, ev)) => {
+                    if ev == libc::PTRACE_EVENT_CLONE {
+                        if let Ok(new) = ptrace::getevent(tid) {
+                            // Created while we were leaving: it starts traced, detach it too.
+                            self.threads.insert(new as i32, Thread::default());
+                            let _ = ptrace::interrupt(Pid::from_raw(new as i32));
+                        }
+                    }
+                    let _ = ptrace::detach(tid, None);
+                    self.threads.remove(&tid.as_raw());
+                }
+                Ok(WaitStatus::PtraceSyscall(tid)) => {
+                    let _ = ptrace::detach(tid, None);
+                    self.threads.remove(&tid.as_raw());
+                }
+                Ok(WaitStatus::Exited(tid, _)) | Ok(WaitStatus::Signaled(tid, _, _)) => {
+                    self.threads.remove(&tid.as_raw());
+                }
+                Ok(_) | Err(Errno::EINTR) => {}
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// Spawn mode: the child cannot run without us (its RET_TRACE calls would fail with
+    /// ENOSYS), so it is stopped: SIGTERM, serving its stops until it exits (SIGKILL
+    /// after 5 s).
+    fn finish_child(&mut self) {
+        let pid = Pid::from_raw(self.pid);
+        let _ = nix::sys::signal::kill(pid, Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut killed = false;
+        loop {
+            if !killed && Instant::now() > deadline {
+                let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+                killed = true;
+            }
+            match waitpid(None, Some(WaitPidFlag::__WALL)) {
+                Ok(WaitStatus::Exited(p, _)) | Ok(WaitStatus::Signaled(p, _, _)) if p == pid => {
+                    return
+                }
+                Ok(ws) => self.handle(ws),
+                Err(Errno::EINTR) => {}
+                Err(_) => return,
+            }
+        }
+    }
+}
+
+fn slot(c: Option<Category>) -> Option<usize> {
+    match c {
+        Some(Category::Network) => Some(0),
+        Some(Category::Database) => Some(1),
+        Some(Category::Logging) => Some(2),
+        Some(Category::EventLoop) => None,
+        _ => Some(3),
+    }
+}
+
+fn read_mem(pid: i32, addr: u64, buf: &mut [u8]) -> bool {
+    let local = libc::iovec {
+        iov_base: buf.as_mut_ptr() as *mut libc::c_void,
+        iov_len: buf.len(),
+    };
+    let remote = libc::iovec {
+        iov_base: addr as *mut libc::c_void,
+        iov_len: buf.len(),
+    };
+    let n = unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) };
+    n == buf.len() as isize
+}
+
+fn read_i32(pid: i32, addr: u64) -> Option<i32> {
+    let mut b = [0u8; 4];
+    read_mem(pid, addr, &mut b).then(|| i32::from_ne_bytes(b))
+}
+
+/// The port of a sockaddr_in/in6 (family at 0, port big-endian at 2).
+fn read_port(pid: i32, addr: u64) -> Option<u16> {
+    let mut b = [0u8; 4];
+    if !read_mem(pid, addr, &mut b) {
+        return None;
+    }
+    let family = u16::from_ne_bytes([b[0], b[1]]) as i32;
+    (family == libc::AF_INET || family == libc::AF_INET6).then(|| u16::from_be_bytes([b[2], b[3]]))
+}
