@@ -235,6 +235,9 @@ pub(crate) struct Plan {
     pub expect_status: Vec<u16>,
 }
 
+/// Highest offered rate accepted (requests per second).
+pub const MAX_RATE: f64 = 1e8;
+
 fn positive(name: &str, v: f64) -> Result<(), Error> {
     if v.is_finite() && v > 0.0 {
         Ok(())
@@ -280,14 +283,20 @@ impl Config {
         positive("timeout", self.timeout_s)?;
         if let Some(r) = self.rate {
             positive("rate (--rate)", r)?;
+            if r > MAX_RATE {
+                return input(format!("rate (--rate) must be at most {MAX_RATE}"));
+            }
         }
         if let Some(sw) = &self.sweep {
             positive("sweep start rate", sw.start)?;
             if !(sw.factor.is_finite() && sw.factor > 1.0) && sw.rates.is_empty() {
                 return input("sweep factor must be greater than 1");
             }
-            for r in &sw.rates {
+            for r in sw.rates.iter().chain([&sw.start]) {
                 positive("sweep rate", *r)?;
+                if *r > MAX_RATE {
+                    return input(format!("sweep rates must be at most {MAX_RATE}"));
+                }
             }
             positive("SLO (--slo)", sw.slo_p99_ms)?;
             if sw.max_steps == 0 {
@@ -358,6 +367,7 @@ impl Config {
         if targets.len() > u16::MAX as usize {
             return input("the mix has too many paths");
         }
+        ensure_fd_limit(u64::from(self.connections))?;
         let addr = resolve_addr(&url.host, url.port)?;
         if probe {
             if let Err(e) =
@@ -388,6 +398,33 @@ impl Config {
             expect_status: self.expect_status.clone(),
         })
     }
+}
+
+/// Raises the open-file limit to what the connections need, or says why it cannot.
+fn ensure_fd_limit(connections: u64) -> Result<(), Error> {
+    let need = connections + 64;
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: lim is a valid out-parameter.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 || lim.rlim_cur >= need {
+        return Ok(());
+    }
+    if lim.rlim_max >= need {
+        let raised = libc::rlimit {
+            rlim_cur: need,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: raised is a valid rlimit within the hard limit.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            return Ok(());
+        }
+    }
+    input(format!(
+        "{connections} connections need {need} open files but the limit is {} (hard {}): raise it with ulimit -n",
+        lim.rlim_cur, lim.rlim_max
+    ))
 }
 
 fn resolve_addr(host: &str, port: u16) -> Result<SocketAddr, Error> {

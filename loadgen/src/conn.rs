@@ -10,7 +10,8 @@ use std::os::fd::RawFd;
 use crate::parse::{Parser, MAX_HEAD};
 
 /// Read buffer per connection: a whole response head must fit; bodies stream through.
-pub const READ_BUF: usize = MAX_HEAD + 16 * 1024;
+/// Small on purpose: TFB shapes go up to 16384 connections.
+pub const READ_BUF: usize = MAX_HEAD;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {

@@ -5,8 +5,9 @@
 //! arrive (Content-Length, chunked, or until close), so one read may finish many pipelined
 //! responses and one response may span many reads.
 
-/// Longest status line plus headers accepted; more is a malformed response.
-pub const MAX_HEAD: usize = 16 * 1024;
+/// Longest status line plus headers accepted (the whole read buffer, as wrk's 8 KiB); more
+/// is a malformed response.
+pub const MAX_HEAD: usize = 8 * 1024;
 const MAX_HEADERS: usize = 64;
 const MAX_CHUNK_LINE: usize = 1024;
 
@@ -194,7 +195,7 @@ impl Parser {
                 }
                 State::Trailers => {
                     let Some(nl) = find_lf(avail) else {
-                        if avail.len() > MAX_HEAD {
+                        if avail.len() >= MAX_HEAD {
                             return Err(Malformed::Chunk);
                         }
                         return Ok((pos, None));

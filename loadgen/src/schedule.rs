@@ -73,6 +73,29 @@ impl Schedule {
         self.next as u64
     }
 
+    /// Takes every request due before `end` off the schedule; returns how many.
+    pub fn skip_until(&mut self, end: u64) -> u64 {
+        let end = end as f64;
+        if self.next >= end {
+            return 0;
+        }
+        match self.arrivals {
+            Arrivals::Constant => {
+                let n = ((end - self.next) / self.gap_ns).ceil();
+                self.next += n * self.gap_ns;
+                n as u64
+            }
+            Arrivals::Poisson => {
+                let mut n = 0;
+                while self.next < end {
+                    self.next += self.gap();
+                    n += 1;
+                }
+                n
+            }
+        }
+    }
+
     /// Takes the next request off the schedule, returning its due time.
     #[inline]
     pub fn pop(&mut self) -> u64 {
@@ -99,6 +122,9 @@ mod tests {
         // 100k arrivals at 1000/s take about 100 s.
         let secs = last as f64 / 1e9;
         assert!((98.0..102.0).contains(&secs), "{secs}");
+        let mut c = Schedule::new(0, 1000.0, Arrivals::Constant, 1);
+        assert_eq!(c.skip_until(10_000_001), 11);
+        assert_eq!(c.peek(), 11_000_000);
         let mut r = Rng::new(3);
         assert!((0..1000).all(|_| r.below(6) < 6));
     }

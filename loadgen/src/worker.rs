@@ -258,15 +258,13 @@ impl Worker<'_> {
     fn count_backlog(&mut self) {
         let end = self.shared.measure_end.unwrap_or(self.now).min(self.now);
         if let Some(s) = &mut self.sched {
-            while s.peek() < end {
-                let due = s.pop();
-                if due >= self.shared.measure_start && self.budget.is_none_or(|b| b > 0) {
-                    self.stats.backlog += 1;
-                    if let Some(b) = &mut self.budget {
-                        *b -= 1;
-                    }
-                }
+            s.skip_until(self.shared.measure_start);
+            let mut n = s.skip_until(end);
+            if let Some(b) = &mut self.budget {
+                n = n.min(*b);
+                *b -= n;
             }
+            self.stats.backlog += n;
         }
     }
 

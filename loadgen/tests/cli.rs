@@ -158,3 +158,45 @@ fn run_writes_summary_json_and_hdr_log() {
     let _ = std::fs::remove_file(json);
     let _ = std::fs::remove_file(hlog);
 }
+
+#[test]
+fn ctrl_c_stops_and_prints_what_was_measured() {
+    let server = common::ok_server();
+    let json = tmp("int.json");
+    let child = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args([
+            "-t1",
+            "-c2",
+            "-d60s",
+            "--json",
+            json.to_str().unwrap(),
+            &server.url("/"),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    while server.requests.load(Ordering::SeqCst) < 100 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // SAFETY: sends SIGINT to the child we started.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("Interrupted") && stdout.contains("Requests/sec:"),
+        "{stdout}"
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(v["interrupted"], true);
+    assert!(v["requests"].as_u64().unwrap() >= 50);
+    assert!(v["duration_s"].as_f64().unwrap() < 30.0);
+    let _ = std::fs::remove_file(json);
+}
