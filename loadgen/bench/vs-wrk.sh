@@ -8,6 +8,8 @@
 # Environment: PAIRS (5), DURATION (10s), CONFIGS ("32:1 256:1 256:16" = connections:pipeline),
 # GEN_CPU (0) and SERVER_CPU (1) for taskset, LOADGEN (release binary path), URL/SERVER_PID
 # to use a server that is already running (SERVER_PID adds the server's CPU per request).
+# NICE (-10 as root, else 0) runs the server and both generators at that niceness so other
+# work on the machine (compiles) disturbs them less; both tools get the same treatment.
 # CPU time is the generator process's user+system time (rusage, via /usr/bin/time).
 set -euo pipefail
 
@@ -17,6 +19,7 @@ DURATION=${DURATION:-10s}
 CONFIGS=${CONFIGS:-"32:1 256:1 256:16"}
 GEN_CPU=${GEN_CPU:-0}
 SERVER_CPU=${SERVER_CPU:-1}
+if [ "$(id -u)" = 0 ]; then NICE=${NICE:--10}; else NICE=${NICE:-0}; fi
 LOADGEN=${LOADGEN:-${CARGO_TARGET_DIR:-/work/target-loadgen}/release/loadgen}
 work=$(mktemp -d /tmp/vs-wrk.XXXXXX)
 nginx_master=""
@@ -33,7 +36,7 @@ command -v wrk >/dev/null || { echo "wrk is not installed" >&2; exit 2; }
 if [ -z "${URL:-}" ]; then
     mkdir -p "$work/nginx"
     cp "$here/nginx.conf" "$work/nginx/nginx.conf"
-    taskset -c "$SERVER_CPU" /usr/sbin/nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" &
+    nice -n "$NICE" taskset -c "$SERVER_CPU" /usr/sbin/nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" &
     nginx_master=$!
     URL=http://127.0.0.1:8090/plaintext
     for _ in $(seq 50); do curl -fs "$URL" >/dev/null 2>&1 && break; sleep 0.1; done
@@ -60,7 +63,7 @@ run_one() {
     if [ "$tool" = wrk ]; then
         local script=()
         [ "$depth" -gt 1 ] && script=(-s "$here/pipeline.lua")
-        /usr/bin/time -f "%U %S" -o "$work/time" taskset -c "$GEN_CPU" \
+        /usr/bin/time -f "%U %S" -o "$work/time" nice -n "$NICE" taskset -c "$GEN_CPU" \
             wrk -t1 -c"$conns" -d"$DURATION" "${script[@]}" "$URL" ${script:+-- "$depth"} >"$out"
         t1=$(server_ticks)
         local reqs secs
@@ -68,7 +71,7 @@ run_one() {
         secs=$(awk '/requests in/ {sub(/s,$/, "", $4); print $4}' "$out")
         echo "$reqs $secs $(awk '{print $1 + $2}' "$work/time") $(( t1 - t0 ))"
     else
-        /usr/bin/time -f "%U %S" -o "$work/time" taskset -c "$GEN_CPU" \
+        /usr/bin/time -f "%U %S" -o "$work/time" nice -n "$NICE" taskset -c "$GEN_CPU" \
             "$LOADGEN" -q -t1 -c"$conns" -p"$depth" -d"$DURATION" --json "$work/lg.json" "$URL" >"$out"
         t1=$(server_ticks)
         python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(r["requests"], r["duration_s"], end=" ")' "$work/lg.json"
@@ -76,7 +79,7 @@ run_one() {
     fi
 }
 
-echo "target: $TARGET; generators on CPU $GEN_CPU, -t1, $DURATION per run, $PAIRS pairs, alternating"
+echo "target: $TARGET; generators on CPU $GEN_CPU, -t1, nice $NICE, $DURATION per run, $PAIRS pairs, alternating"
 echo "loadgen: $LOADGEN; wrk: $(wrk --version 2>&1 | head -n1 | cut -d' ' -f1-2)"
 printf '\n%-14s %-4s %12s %12s %11s %11s %9s %9s %9s\n' config pair "wrk req/s" "lg req/s" "wrk us/req" "lg us/req" "req/s x" "us/req x" "srv us/req"
 summary=""

@@ -138,7 +138,7 @@ pub(crate) fn run_plan(
         None => None,
     };
 
-    let (outcomes, timeline, interrupted) = std::thread::scope(|s| {
+    let (outcomes, timeline, interrupted, total) = std::thread::scope(|s| {
         let mut handles = Vec::with_capacity(threads);
         for i in 0..threads {
             let tx = tx.clone();
@@ -158,6 +158,8 @@ pub(crate) fn run_plan(
         }
         drop(tx);
         let mut pending: BTreeMap<u64, (usize, Interval)> = BTreeMap::new();
+        // The run's overall histograms: the sum of every thread's seconds.
+        let mut total = Interval::new(0, plan.rate.is_some());
         let mut timeline = Vec::new();
         let mut interrupted = false;
         let mut window: std::collections::VecDeque<(u64, u64)> = Default::default();
@@ -167,11 +169,12 @@ pub(crate) fn run_plan(
                 Ok(iv) => {
                     let idx = iv.index;
                     let entry = pending.entry(idx);
+                    total.merge(&iv);
                     let e = match entry {
                         std::collections::btree_map::Entry::Vacant(v) => v.insert((1, iv)),
                         std::collections::btree_map::Entry::Occupied(o) => {
                             let e = o.into_mut();
-                            merge_interval(&mut e.1, &iv);
+                            e.1.merge(&iv);
                             e.0 += 1;
                             e
                         }
@@ -234,7 +237,7 @@ pub(crate) fn run_plan(
                 Err(_) => return Err(Error::Io("a worker thread panicked".into())),
             }
         }
-        Ok((outcomes, timeline, interrupted))
+        Ok((outcomes, timeline, interrupted, total))
     })?;
     drop(log);
     if let Some(mut w) = hdr {
@@ -265,19 +268,14 @@ pub(crate) fn run_plan(
         &weights,
         Measured {
             stats,
+            latency: total.latency,
+            uncorrected: total.uncorrected,
             duration_s: (finished - measure_start) as f64 / 1e9,
             started_unix_s,
             interrupted,
             timeline,
         },
     ))
-}
-
-fn merge_interval(a: &mut Interval, b: &Interval) {
-    stats::add(&mut a.latency, &b.latency);
-    stats::add_opt(&mut a.uncorrected, &b.uncorrected);
-    a.requests += b.requests;
-    a.errors += b.errors;
 }
 
 type LogWriter<'a, 'b> = hdrhistogram::serialization::interval_log::IntervalLogWriter<

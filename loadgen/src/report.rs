@@ -164,6 +164,8 @@ fn status_map<'a>(it: impl Iterator<Item = &'a (u16, u64)>) -> BTreeMap<String, 
 
 pub(crate) struct Measured {
     pub stats: Stats,
+    pub latency: Histogram<u64>,
+    pub uncorrected: Option<Histogram<u64>>,
     pub duration_s: f64,
     pub started_unix_s: f64,
     pub interrupted: bool,
@@ -186,8 +188,12 @@ impl Report {
                 errors: t.errors,
                 rps: t.requests as f64 / d,
                 status: status_map(t.statuses.iter()),
-                latency: Latency::of(&t.latency),
-                latency_uncorrected: t.uncorrected.as_ref().map(Latency::of),
+                latency: Latency::of(t.latency.as_ref().unwrap_or(&m.latency)),
+                latency_uncorrected: t
+                    .uncorrected
+                    .as_ref()
+                    .or(m.uncorrected.as_ref())
+                    .map(Latency::of),
             })
             .collect();
         Report {
@@ -203,9 +209,9 @@ impl Report {
             started_unix_s: m.started_unix_s,
             duration_s: m.duration_s,
             interrupted: m.interrupted,
-            requests: s.requests(),
+            requests: s.requests,
             sent: s.sent,
-            achieved_rps: s.requests() as f64 / d,
+            achieved_rps: s.requests as f64 / d,
             errors_total: errors.total(),
             errors,
             status: status_map(s.targets.iter().flat_map(|t| t.statuses.iter())),
@@ -215,8 +221,8 @@ impl Report {
             reconnects: s.reconnects,
             backlog: s.backlog,
             unfinished: s.unfinished,
-            latency: Latency::of(&s.latency),
-            latency_uncorrected: s.uncorrected.as_ref().map(Latency::of),
+            latency: Latency::of(&m.latency),
+            latency_uncorrected: m.uncorrected.as_ref().map(Latency::of),
             targets,
             timeline: m.timeline,
             sweep: None,

@@ -74,10 +74,11 @@ impl Errors {
     }
 }
 
-/// One target's results on one thread.
+/// One target's results on one thread. With a single target its latency is the overall
+/// latency, so the per-target histograms are only kept for mixes.
 #[derive(Debug, Clone)]
 pub struct TargetStats {
-    pub latency: Histogram<u64>,
+    pub latency: Option<Histogram<u64>>,
     pub uncorrected: Option<Histogram<u64>>,
     pub requests: u64,
     pub errors: u64,
@@ -85,7 +86,8 @@ pub struct TargetStats {
     pub statuses: Vec<(u16, u64)>,
 }
 
-/// A second's worth of measurements from one thread.
+/// A second's worth of measurements from one thread. The run's overall histograms are the
+/// sum of these, so a response is recorded once, not once per histogram.
 #[derive(Debug)]
 pub struct Interval {
     pub index: u64,
@@ -95,12 +97,31 @@ pub struct Interval {
     pub errors: u64,
 }
 
-/// All measurements of one worker thread.
-#[derive(Debug, Clone)]
+impl Interval {
+    pub fn new(index: u64, open: bool) -> Interval {
+        Interval {
+            index,
+            latency: histogram(),
+            uncorrected: open.then(histogram),
+            requests: 0,
+            errors: 0,
+        }
+    }
+
+    pub fn merge(&mut self, b: &Interval) {
+        add(&mut self.latency, &b.latency);
+        add_opt(&mut self.uncorrected, &b.uncorrected);
+        self.requests += b.requests;
+        self.errors += b.errors;
+    }
+}
+
+/// All counters of one worker thread (latencies go into the current [`Interval`]).
+#[derive(Debug)]
 pub struct Stats {
-    pub latency: Histogram<u64>,
-    pub uncorrected: Option<Histogram<u64>>,
+    pub open: bool,
     pub targets: Vec<TargetStats>,
+    pub requests: u64,
     pub errors: [u64; N_KINDS],
     pub sent: u64,
     pub bytes_sent: u64,
@@ -111,10 +132,7 @@ pub struct Stats {
     pub backlog: u64,
     /// Requests still without an answer when the run was interrupted.
     pub unfinished: u64,
-    iv_latency: Histogram<u64>,
-    iv_uncorrected: Option<Histogram<u64>>,
-    iv_requests: u64,
-    iv_errors: u64,
+    iv: Interval,
 }
 
 #[inline]
@@ -125,19 +143,19 @@ fn to_us(ns: u64) -> u64 {
 impl Stats {
     /// `open`: keep uncorrected histograms beside the corrected ones.
     pub fn new(targets: usize, open: bool) -> Stats {
-        let unc = || open.then(histogram);
+        let mix = targets > 1;
         Stats {
-            latency: histogram(),
-            uncorrected: unc(),
+            open,
             targets: (0..targets)
                 .map(|_| TargetStats {
-                    latency: histogram(),
-                    uncorrected: unc(),
+                    latency: mix.then(histogram),
+                    uncorrected: (mix && open).then(histogram),
                     requests: 0,
                     errors: 0,
                     statuses: Vec::new(),
                 })
                 .collect(),
+            requests: 0,
             errors: [0; N_KINDS],
             sent: 0,
             bytes_sent: 0,
@@ -146,16 +164,13 @@ impl Stats {
             reconnects: 0,
             backlog: 0,
             unfinished: 0,
-            iv_latency: histogram(),
-            iv_uncorrected: unc(),
-            iv_requests: 0,
-            iv_errors: 0,
+            iv: Interval::new(0, open),
         }
     }
 
     /// Forgets everything (end of warm-up).
     pub fn reset(&mut self) {
-        *self = Stats::new(self.targets.len(), self.uncorrected.is_some());
+        *self = Stats::new(self.targets.len(), self.open);
     }
 
     /// A complete response. `corrected_ns` is measured from the due time (open loop) or the
@@ -170,22 +185,21 @@ impl Stats {
         ok: bool,
     ) {
         let c = to_us(corrected_ns);
-        self.latency.saturating_record(c);
-        self.iv_latency.saturating_record(c);
+        self.iv.latency.saturating_record(c);
         let t = &mut self.targets[target];
-        t.latency.saturating_record(c);
-        if let Some(h) = &mut self.uncorrected {
+        if let Some(h) = &mut t.latency {
+            h.saturating_record(c);
+        }
+        if let Some(h) = &mut self.iv.uncorrected {
             let u = to_us(uncorrected_ns);
             h.saturating_record(u);
-            if let Some(h) = &mut self.iv_uncorrected {
-                h.saturating_record(u);
-            }
             if let Some(h) = &mut t.uncorrected {
                 h.saturating_record(u);
             }
         }
         t.requests += 1;
-        self.iv_requests += 1;
+        self.requests += 1;
+        self.iv.requests += 1;
         match t.statuses.iter_mut().find(|(s, _)| *s == status) {
             Some((_, n)) => *n += 1,
             None => t.statuses.push((status, 1)),
@@ -208,37 +222,20 @@ impl Stats {
     #[inline]
     fn error(&mut self, kind: ErrorKind) {
         self.errors[kind as usize] += 1;
-        self.iv_errors += 1;
+        self.iv.errors += 1;
     }
 
-    /// Completed responses so far.
-    pub fn requests(&self) -> u64 {
-        self.latency.len()
-    }
-
-    /// Hands over the current second and starts the next one.
+    /// Hands over the current second (numbered `index`) and starts the next one.
     pub fn take_interval(&mut self, index: u64) -> Interval {
-        let fresh = Interval {
-            index,
-            latency: histogram(),
-            uncorrected: self.iv_uncorrected.as_ref().map(|_| histogram()),
-            requests: 0,
-            errors: 0,
-        };
-        let mut out = fresh;
-        std::mem::swap(&mut out.latency, &mut self.iv_latency);
-        std::mem::swap(&mut out.uncorrected, &mut self.iv_uncorrected);
-        out.requests = std::mem::take(&mut self.iv_requests);
-        out.errors = std::mem::take(&mut self.iv_errors);
+        let mut out = std::mem::replace(&mut self.iv, Interval::new(index + 1, self.open));
+        out.index = index;
         out
     }
 
-    /// Adds another thread's measurements.
+    /// Adds another thread's counters.
     pub fn merge(&mut self, o: &Stats) {
-        add(&mut self.latency, &o.latency);
-        add_opt(&mut self.uncorrected, &o.uncorrected);
         for (t, ot) in self.targets.iter_mut().zip(&o.targets) {
-            add(&mut t.latency, &ot.latency);
+            add_opt(&mut t.latency, &ot.latency);
             add_opt(&mut t.uncorrected, &ot.uncorrected);
             t.requests += ot.requests;
             t.errors += ot.errors;
@@ -252,6 +249,7 @@ impl Stats {
         for (a, b) in self.errors.iter_mut().zip(o.errors) {
             *a += b;
         }
+        self.requests += o.requests;
         self.sent += o.sent;
         self.bytes_sent += o.bytes_sent;
         self.bytes_received += o.bytes_received;

@@ -181,7 +181,7 @@ impl Worker<'_> {
             self.dispatch();
             let live = &self.shared.live[self.id];
             live.requests
-                .store(self.stats.requests(), Ordering::Relaxed);
+                .store(self.stats.requests, Ordering::Relaxed);
             live.errors
                 .store(self.stats.errors.iter().sum(), Ordering::Relaxed);
             timeout = self.next_wake().saturating_sub(self.now);
