@@ -158,6 +158,13 @@ impl Context {
                 }
             }
         }
+        changed |= self.refresh_log_ids();
+        changed
+    }
+
+    /// Re-reads the identity of the log files only (cheap: one stat each).
+    pub fn refresh_log_ids(&mut self) -> bool {
+        let mut changed = false;
         for l in &mut self.log_files {
             let id = procfs::kernel_dev_ino(&l.path);
             if id != l.id {
@@ -166,6 +173,13 @@ impl Context {
             }
         }
         changed
+    }
+
+    /// A port seen being listened on (the `listen` call itself).
+    pub fn add_listen_port(&mut self, port: u16) {
+        if port != 0 && !self.listen_ports.contains(&port) {
+            self.listen_ports.push(port);
+        }
     }
 
     pub fn db_port(&self) -> Option<u16> {

@@ -138,7 +138,7 @@ pub(crate) fn run(
     let mut exited = false;
     let mut last_refresh = Instant::now();
     loop {
-        match cmds.recv_timeout(Duration::from_millis(200)) {
+        match cmds.recv_timeout(Duration::from_millis(100)) {
             Ok(Cmd::Snapshot(tx)) => {
                 let meta = meta(&ctx, target_info(exited), start, &notes, &skel);
                 let _ = tx.send(read_profile(&skel, meta)?);
@@ -165,6 +165,9 @@ pub(crate) fn run(
                 if ctx.refresh(pid) {
                     sync_maps(&skel, &ctx)?;
                 }
+            } else if ctx.refresh_log_ids() {
+                // A log file named by the user was just created: known within 100 ms.
+                sync_maps(&skel, &ctx)?;
             }
         }
     }

@@ -83,6 +83,15 @@ impl SockCache {
         }
     }
 
+    /// The local port of a TCP socket fd (bound, maybe not yet listening).
+    pub fn local_port(&mut self, pid: i32, fd: i32) -> Option<u16> {
+        let Some(FdTarget::Socket(ino)) = procfs::fd_target(pid, fd) else {
+            return None;
+        };
+        self.socks = procfs::tcp_sockets(pid);
+        self.socks.get(&ino).map(|s| s.local_port)
+    }
+
     pub fn classify(&mut self, pid: i32, fd: i32, ctx: &Context) -> Option<Category> {
         let t = procfs::fd_target(pid, fd)?;
         let tcp = match t {

@@ -95,6 +95,7 @@ fn install_wake_handler() {
 #[derive(Debug, Clone, Copy)]
 struct Entry {
     nr: u32,
+    arg0: u64,
     cat: Category,
     flags: u32,
     ts: Instant,
@@ -446,12 +447,10 @@ impl Tracer {
             if flags & syscalls::CLOSE != 0 {
                 self.epoll.remove(&(args[0] as i32));
             }
-            if flags & syscalls::LISTEN != 0 {
-                self.ctx.refresh(pid);
-            }
         }
         let e = Entry {
             nr,
+            arg0: args[0],
             cat,
             flags,
             ts: Instant::now(),
@@ -473,7 +472,15 @@ impl Tracer {
         };
         let dur = e.ts.elapsed().as_nanos() as u64;
         let mut cat = e.cat;
+        if e.flags & syscalls::LISTEN != 0 && ret == 0 {
+            // Only now is the socket in /proc/net/tcp (bound sockets are not listed).
+            if let Some(port) = self.socks.local_port(self.pid, e.arg0 as i32) {
+                self.ctx.add_listen_port(port);
+            }
+        }
         if e.flags & syscalls::RET_FD != 0 && ret >= 0 {
+            // The log file may have just been created.
+            self.ctx.refresh_log_ids();
             if let Some(c) = self.socks.classify(self.pid, ret as i32, &self.ctx) {
                 cat = c;
             }

@@ -1,0 +1,62 @@
+//! A small program with known I/O: the target of the tracer's tests (a bin, so that
+//! integration tests always get it as CARGO_BIN_EXE_tracer-workload).
+//!
+//! - `serve PORT_FILE LOG_PATH [DB_PORT]`: a thread-per-connection line server on an
+//!   ephemeral port (written to PORT_FILE). Per request line: one read from the client,
+//!   one write + one read on the "database" connection (when DB_PORT is given), one write
+//!   to the log file, one write to the client.
+//! - `block DB_PORT N`: connects to DB_PORT and reads one byte N times; each read blocks
+//!   for as long as the peer waits before sending.
+
+use std::fs::OpenOptions;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("serve") => serve(&args[2], &args[3], args.get(4).map(|p| p.parse().unwrap())),
+        Some("block") => block(args[2].parse().unwrap(), args[3].parse().unwrap()),
+        _ => panic!("usage: tracer-workload serve PORT_FILE LOG_PATH [DB_PORT] | block DB_PORT N"),
+    }
+}
+
+fn serve(port_file: &str, log_path: &str, db_port: Option<u16>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    // Like a real server: the log is opened at start-up, before serving.
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_path)
+        .unwrap();
+    std::fs::write(port_file, l.local_addr().unwrap().port().to_string()).unwrap();
+    for conn in l.incoming() {
+        let mut c = conn.unwrap();
+        let mut log = log.try_clone().unwrap();
+        std::thread::spawn(move || {
+            let mut db = db_port.map(|p| TcpStream::connect(("127.0.0.1", p)).unwrap());
+            let mut buf = [0u8; 64];
+            loop {
+                // Requests are exactly 8 bytes ("request\n"), one per read.
+                match c.read(&mut buf[..8]) {
+                    Ok(8) => {}
+                    _ => return,
+                }
+                if let Some(db) = db.as_mut() {
+                    db.write_all(b"query\n").unwrap();
+                    db.read_exact(&mut buf[..4]).unwrap();
+                }
+                log.write_all(b"served one request\n").unwrap();
+                c.write_all(b"response\n").unwrap();
+            }
+        });
+    }
+}
+
+fn block(db_port: u16, n: usize) {
+    let mut s = TcpStream::connect(("127.0.0.1", db_port)).unwrap();
+    let mut b = [0u8; 1];
+    for _ in 0..n {
+        s.read_exact(&mut b).unwrap();
+    }
+}

@@ -1,0 +1,404 @@
+//! The tracer against a helper program with known I/O (examples/tracer-workload.rs): exact
+//! per-request attribution, agreement with strace, off-CPU time, detaching, the CLI.
+//! Needs root: see common::require_root.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use tracer::{start, Backend, Category, DbEndpoint, Kind, Options, Overrides, Target};
+
+/// A fake database: answers 4 bytes to every 6-byte query, on its own threads (in the
+/// test process, so never traced).
+fn fake_db() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            let mut c = c.unwrap();
+            std::thread::spawn(move || {
+                let mut b = [0u8; 6];
+                while c.read_exact(&mut b).is_ok() {
+                    if c.write_all(b"row\n").is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+struct Workload {
+    child: Reap,
+    port: u16,
+    log: PathBuf,
+    db_port: u16,
+}
+
+fn start_workload() -> Workload {
+    let db_port = fake_db();
+    let dir = std::env::temp_dir();
+    let id = rand();
+    let port_file = dir.join(format!("tracer-test-port-{id}"));
+    let log = dir.join(format!("tracer-test-log-{id}"));
+    let child = Command::new(workload_bin())
+        .arg("serve")
+        .arg(&port_file)
+        .arg(&log)
+        .arg(db_port.to_string())
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let child = Reap(child);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let port = loop {
+        if let Ok(s) = std::fs::read_to_string(&port_file) {
+            if let Ok(p) = s.trim().parse() {
+                break p;
+            }
+        }
+        assert!(Instant::now() < deadline, "tracer-workload did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let _ = std::fs::remove_file(&port_file);
+    Workload {
+        child,
+        port,
+        log,
+        db_port,
+    }
+}
+
+/// `n` line requests over `conns` connections.
+fn drive(port: u16, conns: usize, n: usize) {
+    let hs: Vec<_> = (0..conns)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+                s.set_nodelay(true).unwrap();
+                let mut b = [0u8; 9];
+                for _ in 0..n / conns {
+                    s.write_all(b"request\n").unwrap();
+                    s.read_exact(&mut b).unwrap();
+                }
+            })
+        })
+        .collect();
+    for h in hs {
+        h.join().unwrap();
+    }
+}
+
+fn opts(backend: Backend, w: &Workload) -> Options {
+    Options {
+        backend,
+        overrides: Overrides {
+            db: Some(DbEndpoint::Tcp {
+                host: "127.0.0.1".into(),
+                port: w.db_port,
+            }),
+            // The log file is created by the first connection: name it.
+            log_files: vec![w.log.clone()],
+            ..Overrides::default()
+        },
+        variant: None,
+    }
+}
+
+fn per_req(p: &tracer::Profile, name: &str, cat: Category) -> (f64, f64) {
+    let n = p.requests.unwrap() as f64;
+    p.call(Kind::Syscall, name, cat)
+        .map(|r| (r.stats.count as f64 / n, r.stats.bytes as f64 / n))
+        .unwrap_or((0.0, 0.0))
+}
+
+fn check_known_io(p: &tracer::Profile) {
+    let expect = [
+        ("recvfrom", Category::Network, 1.0, 8.0),
+        ("sendto", Category::Network, 1.0, 9.0),
+        ("sendto", Category::Database, 1.0, 6.0),
+        ("recvfrom", Category::Database, 1.0, 4.0),
+        ("write", Category::Logging, 1.0, 19.0),
+    ];
+    for (name, cat, count, bytes) in expect {
+        let (c, b) = per_req(p, name, cat);
+        assert!(
+            rel(c, count) < 0.02 && rel(b, bytes) < 0.02,
+            "{name}/{cat}: {c:.3} calls and {b:.2} bytes per request, expected {count} and \
+             {bytes}\n{}",
+            tracer::render::table(p)
+        );
+    }
+}
+
+#[test]
+fn ebpf_attributes_known_io_and_agrees_with_strace() {
+    require_root();
+    let w = start_workload();
+    let pid = w.child.0.id() as i32;
+    // Attach before any connection: the per-connection threads come later.
+    let session = start(Target::Pid(pid), opts(Backend::Ebpf, &w)).unwrap();
+    let strace = Strace::attach(pid);
+    let n = 4000;
+    drive(w.port, 4, n);
+    std::thread::sleep(Duration::from_millis(200));
+    let st = strace.finish();
+    let mut p = session.stop().unwrap();
+    p.per_request(n as u64);
+    check_known_io(&p);
+
+    // Every syscall above 1% of the total agrees with strace within 2%.
+    let total: u64 = st.values().map(|v| v.0).sum();
+    let mut compared = 0;
+    for (name, (calls, _)) in &st {
+        if (*calls as f64) < 0.01 * total as f64 {
+            continue;
+        }
+        let ours = p.syscall_total(name).count;
+        assert!(
+            rel(ours as f64, *calls as f64) < 0.02,
+            "{name}: eBPF {ours}, strace {calls}\nstrace: {st:?}\n{}",
+            tracer::render::table(&p)
+        );
+        compared += 1;
+    }
+    assert!(compared >= 3, "too few syscalls compared: {st:?}");
+    assert!(!p.approximate && p.ring_ops_visible && p.offcpu_measured);
+    // The per-connection threads are seen under their role.
+    assert!(p.roles.iter().any(|r| r.category == Category::Network));
+    let _ = std::fs::remove_file(&w.log);
+}
+
+#[test]
+fn ptrace_attach_agrees_with_strace_on_request_io() {
+    require_root();
+    let n = 2000;
+    // Separate runs: ptrace and strace cannot share a target.
+    let w = start_workload();
+    let pid = w.child.0.id() as i32;
+    let session = start(Target::Pid(pid), opts(Backend::Ptrace, &w)).unwrap();
+    drive(w.port, 2, n);
+    std::thread::sleep(Duration::from_millis(200));
+    let mut p = session.stop().unwrap();
+    p.per_request(n as u64);
+    check_known_io(&p);
+    assert!(p.approximate && !p.ring_ops_visible);
+    // Detached cleanly: the target still serves and has no tracer.
+    drive(w.port, 1, 10);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(status.contains("TracerPid:\t0"), "{status}");
+
+    let w2 = start_workload();
+    let strace = Strace::attach(w2.child.0.id() as i32);
+    drive(w2.port, 2, n);
+    std::thread::sleep(Duration::from_millis(200));
+    let st = strace.finish();
+    for name in ["recvfrom", "sendto", "write"] {
+        let theirs = st.get(name).map(|v| v.0).unwrap_or(0) as f64 / n as f64;
+        let ours = p.syscall_total(name).count as f64 / n as f64;
+        assert!(
+            rel(ours, theirs) < 0.02,
+            "{name}: ptrace {ours:.3}/req, strace {theirs:.3}/req"
+        );
+    }
+    let _ = std::fs::remove_file(&w.log);
+    let _ = std::fs::remove_file(&w2.log);
+}
+
+#[test]
+fn ptrace_spawn_with_seccomp_counts_request_io() {
+    require_root();
+    let db_port = fake_db();
+    let id = rand();
+    let dir = std::env::temp_dir();
+    let port_file = dir.join(format!("tracer-test-port-{id}"));
+    let log = dir.join(format!("tracer-test-log-{id}"));
+    let cmd = vec![
+        workload_bin().into_os_string(),
+        "serve".into(),
+        port_file.clone().into_os_string(),
+        log.clone().into_os_string(),
+        db_port.to_string().into(),
+    ];
+    let o = Options {
+        backend: Backend::Ptrace,
+        overrides: Overrides {
+            db: Some(DbEndpoint::Tcp {
+                host: "127.0.0.1".into(),
+                port: db_port,
+            }),
+            log_files: vec![log.clone()],
+            ..Overrides::default()
+        },
+        variant: None,
+    };
+    let session = start(Target::Command(cmd), o).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let port: u16 = loop {
+        if let Some(p) = std::fs::read_to_string(&port_file)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+        {
+            break p;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "spawned tracer-workload did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let n = 1000;
+    drive(port, 2, n);
+    std::thread::sleep(Duration::from_millis(200));
+    let pid = session.pid();
+    let mut p = session.stop().unwrap();
+    p.per_request(n as u64);
+    check_known_io(&p);
+    // Memory calls are outside the filter: not stopped at, not counted.
+    assert_eq!(p.category(Category::Memory).syscalls.count, 0);
+    // The spawned child is gone (it cannot run without its tracer).
+    assert!(!tracer::procfs::alive(pid));
+    let _ = std::fs::remove_file(&port_file);
+    let _ = std::fs::remove_file(&log);
+}
+
+#[test]
+fn ebpf_off_cpu_time_of_a_blocking_read_goes_to_its_category() {
+    require_root();
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let db_port = l.local_addr().unwrap().port();
+    let delays = [200u64, 300, 100, 250, 150];
+    let cmd = vec![
+        workload_bin().into_os_string(),
+        "block".into(),
+        db_port.to_string().into(),
+        delays.len().to_string().into(),
+    ];
+    let o = Options {
+        backend: Backend::Ebpf,
+        overrides: Overrides {
+            db: Some(DbEndpoint::Tcp {
+                host: "127.0.0.1".into(),
+                port: db_port,
+            }),
+            ..Overrides::default()
+        },
+        variant: None,
+    };
+    let session = start(Target::Command(cmd), o).unwrap();
+    let (mut c, _) = l.accept().unwrap();
+    for d in delays {
+        std::thread::sleep(Duration::from_millis(d));
+        c.write_all(b"x").unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !session.target_exited() {
+        assert!(Instant::now() < deadline, "block did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let p = session.stop().unwrap();
+    let expected: u64 = delays.iter().sum::<u64>() * 1_000_000;
+    let db = p.category(Category::Database).syscalls.clone();
+    assert!(
+        rel(db.blocked_ns as f64, expected as f64) < 0.10,
+        "blocked in database calls: {} ms, expected {} ms\n{}",
+        db.blocked_ns / 1_000_000,
+        expected / 1_000_000,
+        tracer::render::table(&p)
+    );
+    let read = p
+        .calls
+        .iter()
+        .find(|r| r.category == Category::Database && r.name == "recvfrom")
+        .expect("a database recvfrom row");
+    assert_eq!(read.stats.count, delays.len() as u64);
+    assert!(p.target.exited);
+    assert!(p.notes.iter().any(|n| n.contains("exited")));
+}
+
+#[test]
+fn cli_reports_missing_pid_with_exit_2_and_writes_json() {
+    let exe = env!("CARGO_BIN_EXE_lab-trace");
+    let out = Command::new(exe)
+        .args(["--pid", "999999999", "--backend", "ptrace"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no process with pid"), "{err}");
+
+    require_root();
+    let json = std::env::temp_dir().join(format!("tracer-test-{}.json", rand()));
+    let out = Command::new(exe)
+        .arg("--json")
+        .arg(&json)
+        .args(["--requests", "10", "--quiet", "--"])
+        .args(["dd", "if=/dev/zero", "of=/dev/null", "bs=1", "count=1000"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(v["schema"], "syscall-lab/tracer-profile");
+    assert_eq!(v["schema_version"], 1);
+    assert_eq!(v["requests"], 10);
+    let p: tracer::Profile = serde_json::from_value(v).unwrap();
+    assert!(p.syscall_total("read").count >= 1000);
+    let _ = std::fs::remove_file(&json);
+}
+
+#[test]
+fn exporter_serves_prometheus_metrics() {
+    require_root();
+    let exe = env!("CARGO_BIN_EXE_lab-trace");
+    let w = start_workload();
+    let port = free_port();
+    let mut child = Reap(
+        Command::new(exe)
+            .args([
+                "--pid",
+                &w.child.0.id().to_string(),
+                "--quiet",
+                "--variant",
+                "test",
+            ])
+            .args(["--db", &format!("127.0.0.1:{}", w.db_port)])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    drive(w.port, 1, 100);
+    let want = "tracer_calls_total{category=\"network\",syscall=\"recvfrom\",kind=\"syscall\",backend=\"ebpf\",variant=\"test\"} 1";
+    // The exporter refreshes every second: poll.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut body = String::new();
+        s.read_to_string(&mut body).unwrap();
+        // 100 requests: the counter reads 100 or a little more (its first read).
+        if body.contains(want) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no `{want}..` in\n{body}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // SIGTERM: detaches and exits 0.
+    unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
+    let st = child.0.wait().unwrap();
+    assert!(st.success());
+    let _ = std::fs::remove_file(&w.log);
+}
