@@ -114,7 +114,8 @@ impl Context {
     /// LISTEN sockets and writable files, then the lab's own database.
     pub fn resolve(pid: i32, o: &Overrides) -> Context {
         let db = o.db.clone().unwrap_or_else(|| {
-            procfs::environ_var(pid, "DATABASE_URL")
+            cmdline_database_url(pid)
+                .or_else(|| procfs::environ_var(pid, "DATABASE_URL"))
                 .and_then(|u| DbEndpoint::from_url(&u))
                 .unwrap_or_else(|| DbEndpoint::Tcp {
                     host: "127.0.0.1".into(),
@@ -201,6 +202,23 @@ impl Context {
                 .collect(),
         }
     }
+}
+
+/// `--database-url URL` (or `=URL`) on the target's command line: the lab's servers take
+/// their database that way as well as from DATABASE_URL, and the flag wins.
+fn cmdline_database_url(pid: i32) -> Option<String> {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let args: Vec<String> = raw
+        .split(|&b| b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    args.iter().enumerate().find_map(|(i, a)| {
+        if a == "--database-url" {
+            args.get(i + 1).cloned()
+        } else {
+            a.strip_prefix("--database-url=").map(str::to_string)
+        }
+    })
 }
 
 /// Checks that `pid` exists and may be traced by us; the message is for the user.

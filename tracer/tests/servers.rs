@@ -1,0 +1,358 @@
+//! The tracer against the lab's own servers under load, with real PostgreSQL (issue 5's
+//! proof). Needs root, `cargo build --workspace --bins` (the `server` binary next to this
+//! test's target dir) and PostgreSQL binaries for the db crate's test cluster.
+//!
+//! The figures each test measures are printed (`cargo test -- --nocapture` shows them).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use common::*;
+use tracer::{start, Backend, Category, Kind, Options, Overrides, Profile, Target};
+
+fn database_url() -> String {
+    static URL: OnceLock<String> = OnceLock::new();
+    URL.get_or_init(|| {
+        db::Database::for_tests()
+            .ensure_ready()
+            .expect("a ready test database (db::Database::for_tests)")
+    })
+    .clone()
+}
+
+struct Server {
+    child: Reap,
+    port: u16,
+    log: PathBuf,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+fn server(variant: &str, log: &str) -> Server {
+    let url = database_url();
+    let port = free_port();
+    let log_path = std::env::temp_dir().join(format!("tracer-test-server-{port}.log"));
+    let mut child = Command::new(server_bin())
+        .args(["--variant", variant, "--log", log])
+        .arg("--log-file")
+        .arg(&log_path)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--database-url", &url])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    if let Ok(Some(st)) = child.try_wait() {
+        panic!("server --variant {variant} exited at start ({st}): does it support this variant?");
+    }
+    let s = Server {
+        child: Reap(child),
+        port,
+        log: log_path,
+    };
+    wait_http_ok(port, "/health", Duration::from_secs(60));
+    s
+}
+
+/// The eBPF backend with the context discovered from the server itself (its
+/// `--database-url`, LISTEN socket and open log file).
+fn ebpf(pid: i32) -> Options {
+    assert!(tracer::procfs::alive(pid), "server {pid} is gone");
+    Options {
+        backend: Backend::Ebpf,
+        overrides: Overrides::default(),
+        variant: None,
+    }
+}
+
+/// Every syscall above 1% of strace's total agrees within 2%; returns the comparison.
+fn agree_with_strace(p: &Profile, st: &BTreeMap<String, (u64, u64)>, what: &str) {
+    let total: u64 = st.values().map(|v| v.0).sum();
+    let n = p.requests.unwrap_or(1) as f64;
+    println!("{what}: syscall, strace per request, eBPF per request, difference");
+    let mut bad = Vec::new();
+    for (name, (calls, _)) in st {
+        if (*calls as f64) < 0.01 * total as f64 {
+            continue;
+        }
+        let ours = p.syscall_total(name).count;
+        let d = rel(ours as f64, *calls as f64);
+        println!(
+            "  {name:<16} {:>8.3} {:>8.3} {:>6.2}%",
+            *calls as f64 / n,
+            ours as f64 / n,
+            d * 100.0
+        );
+        if d >= 0.02 {
+            bad.push(format!("{name}: strace {calls}, eBPF {ours}"));
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "{what}: disagreement with strace -f -c: {bad:?}\n{}",
+        tracer::render::table(p)
+    );
+}
+
+/// eBPF and strace attached at the same time to a variant serving `n` /db requests.
+fn ebpf_and_strace_on_db(variant: &str, n: usize) {
+    require_root();
+    let s = server(variant, "off");
+    http_load(s.port, "/db", 4, 100); // warm the pool and the statement cache
+    let pid = s.child.0.id() as i32;
+    let session = start(Target::Pid(pid), ebpf(pid)).unwrap();
+    let strace = Strace::attach(pid);
+    let conns = 8;
+    let (sent, recvd) = http_load(s.port, "/db", conns, n / conns);
+    std::thread::sleep(Duration::from_millis(300));
+    let st = strace.finish();
+    let mut p = session.stop().unwrap();
+    p.per_request(n as u64);
+    agree_with_strace(&p, &st, &format!("{variant} /db x{n}"));
+
+    // Bytes on client sockets are what the client sent and received.
+    let net = &p.category(Category::Network).syscalls;
+    let reads: u64 = p
+        .calls
+        .iter()
+        .filter(|c| c.category == Category::Network && c.kind == Kind::Syscall)
+        .filter(|c| ["read", "recvfrom", "recvmsg", "readv"].contains(&c.name.as_str()))
+        .map(|c| c.stats.bytes)
+        .sum();
+    let writes = net.bytes - reads;
+    println!(
+        "{variant}: network bytes read {reads} (client sent {sent}), written {writes} (client \
+         received {recvd})"
+    );
+    assert!(
+        rel(reads as f64, sent as f64) < 0.02,
+        "read {reads}, sent {sent}"
+    );
+    assert!(
+        rel(writes as f64, recvd as f64) < 0.02,
+        "written {writes}, received {recvd}"
+    );
+
+    // One query per /db request: one database write (Bind/Execute/Sync) per request.
+    let db = p.category(Category::Database);
+    let dbw: Vec<_> = p
+        .calls
+        .iter()
+        .filter(|c| c.category == Category::Database)
+        .filter(|c| ["write", "sendto", "sendmsg", "writev"].contains(&c.name.as_str()))
+        .collect();
+    let wcount: u64 = dbw.iter().map(|c| c.stats.count).sum();
+    let wbytes: u64 = dbw.iter().map(|c| c.stats.bytes).sum();
+    println!(
+        "{variant}: database writes per request {:.3}, {:.1} bytes each; database calls per \
+         request {:.2}",
+        wcount as f64 / n as f64,
+        wbytes as f64 / wcount.max(1) as f64,
+        db.syscalls.count as f64 / n as f64
+    );
+    assert!(
+        rel(wcount as f64 / n as f64, 1.0) < 0.02,
+        "database writes per /db request: {}\n{}",
+        wcount as f64 / n as f64,
+        tracer::render::table(&p)
+    );
+    // A Bind+Execute+Sync of one prepared statement with one int4 parameter.
+    let per = wbytes as f64 / wcount as f64;
+    assert!(
+        (30.0..200.0).contains(&per),
+        "{per} bytes per database write"
+    );
+}
+
+#[test]
+fn epoll_db_ebpf_agrees_with_strace() {
+    ebpf_and_strace_on_db("epoll", 20_000);
+}
+
+#[test]
+fn thread_pool_db_ebpf_agrees_with_strace() {
+    ebpf_and_strace_on_db("thread-pool", 20_000);
+}
+
+/// Successful calls per request of a name in the I/O categories (network, database,
+/// logging), if nearly all (99%) of that name's calls are there: strace cannot split a
+/// name by fd, and the rest (eventfd wake-up writes, say) depends on timing.
+fn io_calls_per_request(p: &Profile, n: f64) -> BTreeMap<String, f64> {
+    let mut io: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for c in p.calls.iter().filter(|c| c.kind == Kind::Syscall) {
+        let ok = c.stats.count - c.stats.errors - c.stats.eagain;
+        let e = io.entry(c.name.clone()).or_default();
+        if c.category.is_io() {
+            e.0 += ok;
+        } else {
+            e.1 += c.stats.count;
+        }
+    }
+    io.into_iter()
+        .filter(|(_, (i, other))| *i as f64 / n >= 0.05 && (*other as f64) < 0.01 * *i as f64)
+        .map(|(k, (i, _))| (k, i as f64 / n))
+        .collect()
+}
+
+#[test]
+fn epoll_db_ptrace_agrees_with_strace_on_request_io() {
+    require_root();
+    let n = 4000;
+    let conns = 8;
+    let s = server("epoll", "sync");
+    http_load(s.port, "/db", 4, 100);
+    let pid = s.child.0.id() as i32;
+    let o = Options {
+        backend: Backend::Ptrace,
+        overrides: Overrides::default(),
+        variant: None,
+    };
+    let session = start(Target::Pid(pid), o).unwrap();
+    http_load(s.port, "/db", conns, n / conns);
+    std::thread::sleep(Duration::from_millis(300));
+    let mut p = session.stop().unwrap();
+    p.per_request(n as u64);
+    // Still serving, untraced.
+    http_load(s.port, "/db", 1, 10);
+
+    let s2 = server("epoll", "sync");
+    http_load(s2.port, "/db", 4, 100);
+    let strace = Strace::attach(s2.child.0.id() as i32);
+    http_load(s2.port, "/db", conns, n / conns);
+    std::thread::sleep(Duration::from_millis(300));
+    let st = strace.finish();
+
+    let ours = io_calls_per_request(&p, n as f64);
+    println!("epoll /db x{n}, ptrace vs strace (separate runs), successful I/O calls per request:");
+    let mut bad = Vec::new();
+    for (name, v) in &ours {
+        let theirs = st
+            .get(name)
+            .map(|(c, e)| (c - e) as f64 / n as f64)
+            .unwrap_or(0.0);
+        let d = rel(*v, theirs);
+        println!(
+            "  {name:<12} ptrace {v:>7.3} strace {theirs:>7.3} {:>6.2}%",
+            d * 100.0
+        );
+        if d >= 0.02 {
+            bad.push(name.clone());
+        }
+    }
+    println!("  reported, not compared (timing-dependent):");
+    let compared: Vec<&str> = ours.keys().map(String::as_str).collect();
+    for name in ["epoll_wait", "futex", "recvfrom", "write", "sched_yield"] {
+        if compared.contains(&name) {
+            continue;
+        }
+        let (c, e) = st.get(name).copied().unwrap_or((0, 0));
+        println!(
+            "  {name:<12} ptrace {:>7.3} strace {:>7.3} (errors {e})",
+            p.syscall_total(name).count as f64 / n as f64,
+            c as f64 / n as f64
+        );
+    }
+    assert!(!ours.is_empty(), "{}", tracer::render::table(&p));
+    assert!(
+        bad.is_empty(),
+        "disagree: {bad:?}\n{}",
+        tracer::render::table(&p)
+    );
+    // Logging: at least one write per request in sync mode.
+    assert!(p.category(Category::Logging).syscalls.count as f64 / n as f64 >= 1.0);
+}
+
+fn logging_writes_per_request(log: &str) -> f64 {
+    require_root();
+    let s = server("epoll", log);
+    http_load(s.port, "/plaintext", 2, 100);
+    let pid = s.child.0.id() as i32;
+    let session = start(Target::Pid(pid), ebpf(pid)).unwrap();
+    let n = 3000;
+    http_load(s.port, "/plaintext", 4, n / 4);
+    // buffered mode flushes every 100 ms: let the last flush land in the window.
+    std::thread::sleep(Duration::from_millis(300));
+    let mut p = session.stop().unwrap();
+    p.per_request(n as u64);
+    let w: u64 = p
+        .calls
+        .iter()
+        .filter(|c| c.category == Category::Logging)
+        .filter(|c| ["write", "writev", "pwrite64"].contains(&c.name.as_str()))
+        .map(|c| c.stats.count)
+        .sum();
+    let per = w as f64 / n as f64;
+    println!("--log {log}: {per:.3} logging writes per request");
+    if per == 0.0 && log != "off" {
+        println!("{}", tracer::render::table(&p));
+    }
+    per
+}
+
+#[test]
+fn logging_modes_show_in_logging_writes() {
+    let sync = logging_writes_per_request("sync");
+    assert!(sync >= 1.0, "--log sync: {sync} logging writes per request");
+    let off = logging_writes_per_request("off");
+    assert_eq!(off, 0.0, "--log off: {off} logging writes per request");
+    let buffered = logging_writes_per_request("buffered");
+    assert!(
+        buffered < 0.1,
+        "--log buffered: {buffered} logging writes per request, expected far fewer than one"
+    );
+}
+
+fn plaintext_profile(variant: &str, n: usize) -> Profile {
+    let s = server(variant, "off");
+    http_load(s.port, "/plaintext", 4, 100);
+    let pid = s.child.0.id() as i32;
+    let session = start(Target::Pid(pid), ebpf(pid)).unwrap();
+    http_load(s.port, "/plaintext", 8, n / 8);
+    std::thread::sleep(Duration::from_millis(200));
+    let mut p = session.stop().unwrap();
+    p.per_request(n as u64);
+    p
+}
+
+#[test]
+fn io_uring_ring_ops_are_network_and_syscalls_drop() {
+    require_root();
+    let n = 8000;
+    let ring = plaintext_profile("io-uring", n);
+    let epoll = plaintext_profile("epoll", n);
+    let per = |p: &Profile| p.totals.syscalls.count as f64 / n as f64;
+    let net_ring = ring.category(Category::Network).ring_ops.count as f64 / n as f64;
+    println!(
+        "/plaintext x{n}: io-uring {:.2} syscalls + {net_ring:.2} network ring ops per request; \
+         epoll {:.2} syscalls per request",
+        per(&ring),
+        per(&epoll)
+    );
+    for c in ring.calls.iter().filter(|c| c.kind == Kind::RingOp) {
+        println!(
+            "  ring op {:<10} {:<10} {:.3}/req",
+            c.name,
+            c.category.name(),
+            c.stats.count as f64 / n as f64
+        );
+    }
+    assert!(
+        net_ring >= 1.0,
+        "client socket ring operations should be network: {net_ring}/req\n{}",
+        tracer::render::table(&ring)
+    );
+    assert!(
+        per(&ring) < 0.5 * per(&epoll),
+        "io-uring should make far fewer plain syscalls per request than epoll"
+    );
+}
