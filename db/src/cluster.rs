@@ -302,6 +302,18 @@ impl Cluster {
         Ok(true)
     }
 
+    /// Stops the server and deletes its data directory (for throw-away clusters).
+    pub fn destroy(self) -> Result<()> {
+        self.down()?;
+        let _lock = self.lock()?;
+        if self.config.data_dir.exists() {
+            fs::remove_dir_all(&self.config.data_dir)
+                .with_context(|| format!("removing {}", self.config.data_dir.display()))?;
+        }
+        let _ = fs::remove_file(self.config.lock_path());
+        Ok(())
+    }
+
     /// Re-seeds: every `world` row drawn anew, fortunes rewritten, statistics cleared.
     pub fn reset(&self) -> Result<()> {
         self.up()?;

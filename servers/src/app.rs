@@ -233,63 +233,83 @@ pub trait AsyncStore: Sync {
     fn pool_state(&self) -> (usize, usize);
 }
 
+/// The database as the blocking variants see it: the same operations as [`AsyncStore`],
+/// each blocking the calling thread until PostgreSQL has answered.
+pub trait BlockingStore {
+    fn world(&mut self, id: i32) -> Result<World, DatabaseError>;
+    /// One query per id, each its own statement.
+    fn worlds(&mut self, ids: &[i32]) -> Result<Vec<World>, DatabaseError>;
+    fn fortunes(&mut self) -> Result<Vec<Fortune>, DatabaseError>;
+    /// Reads each id, then writes every new number in one bulk UPDATE.
+    fn update(&mut self, changes: &[World]) -> Result<Vec<World>, DatabaseError>;
+    fn ping(&mut self) -> Result<(), DatabaseError>;
+    /// Database connections (in use, idle), for `/metrics`.
+    fn pool_state(&self) -> (usize, usize);
+}
+
 /// The response an async variant sends for a route.
 pub async fn respond<S: AsyncStore>(route: Route, store: &S) -> Response {
+    if !route.uses_database() {
+        return respond_without_database(route, store.pool_state());
+    }
+    let outcome = tokio::time::timeout(DATABASE_DEADLINE, async {
+        Ok(match route {
+            Route::Db => render::world_json(&store.world(random_id()).await?),
+            Route::Queries(n) => render::worlds_json(&store.worlds(&random_ids(n)).await?),
+            Route::Fortunes => render::fortunes_html(store.fortunes().await?),
+            Route::Updates(n) => render::worlds_json(&store.update(&planned_updates(n)).await?),
+            _ => {
+                store.ping().await?;
+                Vec::new()
+            }
+        })
+    })
+    .await
+    .unwrap_or(Err(DatabaseError::Timeout));
+    database_response(route, outcome)
+}
+
+/// The response a blocking variant sends for a route.
+pub fn respond_blocking<S: BlockingStore>(route: Route, store: &mut S) -> Response {
+    if !route.uses_database() {
+        return respond_without_database(route, store.pool_state());
+    }
+    let outcome = (|| {
+        Ok(match route {
+            Route::Db => render::world_json(&store.world(random_id())?),
+            Route::Queries(n) => render::worlds_json(&store.worlds(&random_ids(n))?),
+            Route::Fortunes => render::fortunes_html(store.fortunes()?),
+            Route::Updates(n) => render::worlds_json(&store.update(&planned_updates(n))?),
+            _ => {
+                store.ping()?;
+                Vec::new()
+            }
+        })
+    })();
+    database_response(route, outcome)
+}
+
+fn respond_without_database(route: Route, pool_state: (usize, usize)) -> Response {
     match route {
         Route::Plaintext => Response::new(200, TEXT_PLAIN, Bytes::from_static(b"Hello, World!")),
         Route::Json => Response::new(200, APPLICATION_JSON, render::json_message()),
-        Route::Metrics => Response::new(200, PROMETHEUS_TEXT, METRICS.render(store.pool_state())),
-        _ => match tokio::time::timeout(DATABASE_DEADLINE, respond_from_database(route, store))
-            .await
-        {
-            Ok(Ok(response)) => response,
-            Ok(Err(error)) if route == Route::Health => health_failed(&error),
-            Ok(Err(error)) => Response::database_unavailable(&error),
-            Err(_) if route == Route::Health => health_failed(&DatabaseError::Timeout),
-            Err(_) => Response::database_unavailable(&DatabaseError::Timeout),
-        },
+        _ => Response::new(200, PROMETHEUS_TEXT, METRICS.render(pool_state)),
     }
 }
 
-async fn respond_from_database<S: AsyncStore>(
-    route: Route,
-    store: &S,
-) -> Result<Response, DatabaseError> {
-    Ok(match route {
-        Route::Db => Response::new(
-            200,
-            APPLICATION_JSON,
-            render::world_json(&store.world(random_id()).await?),
-        ),
-        Route::Queries(n) => {
-            let ids: Vec<i32> = (0..n).map(|_| random_id()).collect();
-            Response::new(
-                200,
-                APPLICATION_JSON,
-                render::worlds_json(&store.worlds(&ids).await?),
-            )
-        }
-        Route::Fortunes => Response::new(
-            200,
-            TEXT_HTML,
-            render::fortunes_html(store.fortunes().await?),
-        ),
-        Route::Updates(n) => {
-            let changes = planned_updates(n);
-            Response::new(
-                200,
-                APPLICATION_JSON,
-                render::worlds_json(&store.update(&changes).await?),
-            )
-        }
-        Route::Health => {
-            store.ping().await?;
-            Response::text(200, "ok\n")
-        }
-        Route::Plaintext | Route::Json | Route::Metrics => {
-            unreachable!("answered without the database")
-        }
-    })
+/// Frames a database route's body, or its failure: 503 with a short reason.
+fn database_response(route: Route, outcome: Result<Vec<u8>, DatabaseError>) -> Response {
+    match (route, outcome) {
+        (Route::Health, Ok(_)) => Response::text(200, "ok\n"),
+        (Route::Health, Err(error)) => health_failed(&error),
+        (Route::Fortunes, Ok(body)) => Response::new(200, TEXT_HTML, body),
+        (_, Ok(body)) => Response::new(200, APPLICATION_JSON, body),
+        (_, Err(error)) => Response::database_unavailable(&error),
+    }
+}
+
+fn random_ids(n: usize) -> Vec<i32> {
+    (0..n).map(|_| random_id()).collect()
 }
 
 fn health_failed(error: &DatabaseError) -> Response {

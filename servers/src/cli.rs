@@ -73,6 +73,11 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub queue: u32,
 
+    /// Seconds a client may take to send a complete request head (also how long an idle
+    /// keep-alive connection is kept); then it gets 408 and a close.
+    #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub header_timeout: u64,
+
     /// Request log: `sync` writes each line as it happens, `buffered` batches lines in a
     /// background writer (few large writes), `stdout` writes each line to standard output,
     /// `off` logs nothing.
@@ -97,6 +102,10 @@ impl Args {
             _ => cpus(),
         };
         self.workers.map_or(default, |n| n as usize)
+    }
+
+    pub fn header_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.header_timeout)
     }
 
     pub fn pool_size(&self) -> usize {

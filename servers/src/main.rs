@@ -18,6 +18,7 @@ fn main() -> ExitCode {
         }
     };
     METRICS.set_variant(args.variant.name());
+    raise_descriptor_limit();
     let result = io::run(&args);
     // Written out before exit: in buffered mode this is the last batch of request lines.
     drop(log_guard);
@@ -26,6 +27,17 @@ fn main() -> ExitCode {
         Err(error) => {
             eprintln!("server: {error:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Lifts the soft limit on open descriptors to the hard one: every client connection is a
+/// descriptor, and the default soft limit (1024) is below what a load test opens.
+fn raise_descriptor_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
         }
     }
 }

@@ -350,13 +350,14 @@ fn assert_database_down(addr: std::net::SocketAddr) {
 /// Start-up with the database down, recovery, an outage while serving, recovery again.
 /// The database here is a private cluster of this test, so stopping it disturbs no other.
 fn database_outage(variant: &str) {
-    let port = 54340
-        + VARIANTS
-            .iter()
-            .position(|v| *v == variant)
-            .expect("variant listed") as u16;
-    let cluster = Cluster::new(ClusterConfig::scratch(&format!("outage-{variant}"), port))
-        .expect("PostgreSQL");
+    // A cluster of this test alone: its own directory and a port the kernel says is free.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let name = format!("outage-{variant}-{}", std::process::id());
+    let cluster = Cluster::new(ClusterConfig::scratch(&name, port)).expect("PostgreSQL");
     cluster.up().expect("initialising the outage cluster");
     cluster.down().expect("stopping it");
 
@@ -405,7 +406,7 @@ fn database_outage(variant: &str) {
         .stop(Duration::from_secs(20))
         .unwrap_or_else(|e| panic!("{e:#}"));
     assert!(status.success());
-    cluster.down().expect("stopping the outage cluster");
+    cluster.destroy().expect("removing the outage cluster");
 }
 
 /// Reading rows back, to check what the server claims against the database itself.
@@ -431,9 +432,6 @@ mod support_db {
     }
 }
 
-/// The variants this suite runs against.
-const VARIANTS: [&str; 1] = ["epoll"];
-
 macro_rules! conformance {
     ($($module:ident => $variant:literal),* $(,)?) => {$(
         mod $module {
@@ -455,4 +453,4 @@ macro_rules! conformance {
     )*};
 }
 
-conformance!(epoll => "epoll");
+conformance!(epoll => "epoll", thread_per_request => "thread-per-request", thread_pool => "thread-pool");

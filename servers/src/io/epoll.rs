@@ -64,8 +64,14 @@ async fn serve(args: &Args) -> Result<()> {
 
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
-        .header_read_timeout(super::HEADER_TIMEOUT)
+        .header_read_timeout(args.header_timeout())
         .keep_alive(true)
+        // The codec's limits, so that every variant rejects the same requests: a head
+        // over 8 KiB (hyper's smallest buffer) or with more than 64 fields gets 431.
+        .max_buf_size(crate::http1::MAX_HEAD)
+        .max_headers(crate::http1::MAX_HEADERS)
+        // A client that shuts its write side after the request still gets the answer.
+        .half_close(true)
         // Responses to pipelined requests leave in one write, not one each.
         .pipeline_flush(true)
         // The shared date cache sets the header; hyper would format its own.
@@ -212,6 +218,19 @@ async fn handle(
     let started = Instant::now();
     let _in_flight = METRICS.start_request();
     let target = request.uri().path_and_query().map_or("/", |p| p.as_str());
+    // The codec's rules, so that every variant refuses the same bodies: any
+    // Transfer-Encoding is 501, a Content-Length over the limit is 413.
+    if request
+        .headers()
+        .contains_key(hyper::header::TRANSFER_ENCODING)
+    {
+        METRICS.record("bad_request", 501, started.elapsed());
+        return Ok(rejection(501));
+    }
+    if declared_body_length(&request) > crate::http1::MAX_BODY {
+        METRICS.record("bad_request", 413, started.elapsed());
+        return Ok(rejection(413));
+    }
     let resolved = app::resolve(request.method().as_str(), target);
     let response = match resolved {
         Resolved::Route(route) => app::respond(route, &*store).await,
@@ -222,6 +241,30 @@ async fn handle(
     METRICS.record(resolved.label(), response.status, elapsed);
     logging::request(request.method().as_str(), target, response.status, elapsed);
     Ok(to_hyper(response))
+}
+
+fn declared_body_length(request: &Request<Incoming>) -> usize {
+    request
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// A request refused before routing, for its body: hyper closes the connection after a
+/// response that says `Connection: close`, without reading the body.
+fn rejection(status: u16) -> hyper::Response<Full<Bytes>> {
+    let reason = if status == 501 {
+        "transfer encoding not supported\n"
+    } else {
+        "request body too large\n"
+    };
+    let mut response = to_hyper(app::Response::text(status, reason));
+    response
+        .headers_mut()
+        .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+    response
 }
 
 fn to_hyper(response: app::Response) -> hyper::Response<Full<Bytes>> {

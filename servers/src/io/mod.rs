@@ -2,6 +2,7 @@
 //! connections, reads requests, waits, and writes responses its own way, and calls the
 //! shared [`crate::app`] for everything else.
 
+pub mod blocking;
 pub mod epoll;
 pub mod io_uring;
 pub mod thread_per_request;
@@ -24,7 +25,8 @@ pub fn run(args: &Args) -> Result<()> {
 /// How long shutdown waits for in-flight requests before giving up on them.
 pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// How long a client may take to send a complete request head.
+/// The default of `--header-timeout`. Variants use `Args::header_timeout()`, so that
+/// tests and users can shorten it.
 pub const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Pending connections the kernel queues for `accept`.

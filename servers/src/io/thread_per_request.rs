@@ -1,9 +1,98 @@
-//! Work in progress.
+//! The thread-per-request variant: an acceptor thread, and one OS thread per accepted
+//! connection that serves that connection's requests (keep-alive) with blocking
+//! `std::net` I/O until it closes, then exits.
+//!
+//! Threads: `acceptor` (blocks in `accept4`), one `conn` thread per open connection
+//! (blocks in `read` while waiting for its client, in `epoll_wait` of the database client
+//! while a query runs, in `futex` while waiting for a free database connection), and
+//! `signals`. At most `--max-threads` connection threads live at once; the acceptor
+//! answers any connection beyond that with 503 and a close instead of spawning.
+//!
+//! Per connection the model pays for its simplicity: `clone3` to create the thread,
+//! `mmap`/`mprotect` for its stack, `rt_sigprocmask`, `set_robust_list` and `rseq` as it
+//! starts, `munmap` and `exit` as it ends: a dozen syscalls that a keep-alive client
+//! amortises and a connection-per-request client pays every time. Per keep-alive request
+//! it is one `read` and one `write`, like the others, with no readiness wait at all.
+//! Database connections are shared through a pool (`--pool-size`, default 4 per CPU):
+//! a thread leases one for each operation.
 
-use anyhow::{bail, Result};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
+use anyhow::{Context, Result};
+
+use super::blocking::{self, Connections};
 use crate::cli::Args;
+use crate::database::blocking::{config, ConnectionPool, Gauge, LazyConnection};
+
+/// Stack of a connection thread: the handler needs little, and thousands of threads
+/// must fit (the kernel only commits what is touched).
+const CONNECTION_STACK: usize = 256 * 1024;
 
 pub fn run(args: &Args) -> Result<()> {
-    bail!("the {} variant is not built yet", args.variant.name())
+    let url = args.database_url();
+    let config = config(&url)?;
+    let pool: &'static ConnectionPool = Box::leak(Box::new(ConnectionPool::new(
+        config.clone(),
+        args.pool_size(),
+    )));
+    let listener = blocking::listen(args.listen)?;
+    let connections = Arc::new(Connections::new(args.header_timeout()));
+    blocking::handle_signals(connections.clone(), &listener)?;
+    blocking::wait_for_database(
+        LazyConnection::new(config, Arc::new(Gauge::default())),
+        db::redact(&url),
+    )?;
+    let max_threads = args.max_threads as usize;
+    tracing::info!(
+        "thread-per-request variant serving http://{} with at most {max_threads} connection threads, up to {} database connections, log {:?}",
+        listener.local_addr()?,
+        args.pool_size(),
+        args.log
+    );
+
+    let live = Arc::new(AtomicUsize::new(0));
+    let acceptor = {
+        let connections = connections.clone();
+        std::thread::Builder::new()
+            .name("acceptor".into())
+            .spawn(move || {
+                for stream in listener.incoming() {
+                    if connections.stopping() {
+                        break;
+                    }
+                    let stream = match stream {
+                        Ok(stream) => stream,
+                        Err(_) if connections.stopping() => break,
+                        Err(error) => {
+                            // EMFILE and friends: wait a little rather than spin.
+                            tracing::warn!("accept failed: {error}");
+                            std::thread::sleep(std::time::Duration::from_millis(50));
+                            continue;
+                        }
+                    };
+                    if live.load(Ordering::Relaxed) >= max_threads {
+                        blocking::refuse(stream);
+                        continue;
+                    }
+                    live.fetch_add(1, Ordering::Relaxed);
+                    let (thread_live, connections) = (live.clone(), connections.clone());
+                    let spawned = std::thread::Builder::new()
+                        .name("conn".into())
+                        .stack_size(CONNECTION_STACK)
+                        .spawn(move || {
+                            blocking::serve_connection(stream, &mut &*pool, &connections);
+                            thread_live.fetch_sub(1, Ordering::Relaxed);
+                        });
+                    if let Err(error) = spawned {
+                        tracing::warn!("cannot start a connection thread: {error}");
+                        live.fetch_sub(1, Ordering::Relaxed);
+                    }
+                }
+            })
+    }
+    .context("starting the acceptor thread")?;
+    let _ = acceptor.join();
+    connections.drain(super::SHUTDOWN_GRACE);
+    Ok(())
 }
