@@ -41,7 +41,10 @@ pub struct Request<'buf> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Parsed<'buf> {
     /// A whole request (head and body) of `length` bytes.
-    Complete { request: Request<'buf>, length: usize },
+    Complete {
+        request: Request<'buf>,
+        length: usize,
+    },
     /// Not enough bytes yet.
     Partial,
     /// A request that gets this status and a close.
@@ -60,7 +63,9 @@ pub fn parse(buffer: &[u8]) -> Parsed<'_> {
         Err(httparse::Error::TooManyHeaders) => return Parsed::Reject(431),
         Err(_) => return Parsed::Reject(400),
     };
-    let (Some(method), Some(target), Some(minor_version)) = (request.method, request.path, request.version) else {
+    let (Some(method), Some(target), Some(minor_version)) =
+        (request.method, request.path, request.version)
+    else {
         return Parsed::Reject(400);
     };
     let mut keep_alive = minor_version == 1;
@@ -68,7 +73,9 @@ pub fn parse(buffer: &[u8]) -> Parsed<'_> {
     let mut seen_length = false;
     for header in request.headers.iter() {
         if header.name.eq_ignore_ascii_case("content-length") {
-            let Some(length) = std::str::from_utf8(header.value).ok().and_then(|v| v.trim().parse::<usize>().ok())
+            let Some(length) = std::str::from_utf8(header.value)
+                .ok()
+                .and_then(|v| v.trim().parse::<usize>().ok())
             else {
                 return Parsed::Reject(400);
             };
@@ -98,7 +105,12 @@ pub fn parse(buffer: &[u8]) -> Parsed<'_> {
         return Parsed::Partial;
     }
     Parsed::Complete {
-        request: Request { method, target, minor_version, keep_alive },
+        request: Request {
+            method,
+            target,
+            minor_version,
+            keep_alive,
+        },
         length: head_length + body_length,
     }
 }
@@ -116,7 +128,12 @@ pub fn write_response(out: &mut Vec<u8>, response: &Response, request: &Request<
         app::SERVER_NAME
     );
     out.extend_from_slice(&date);
-    let _ = write!(out, "\r\nContent-Type: {}\r\nContent-Length: {}\r\n", response.content_type, response.body.len());
+    let _ = write!(
+        out,
+        "\r\nContent-Type: {}\r\nContent-Length: {}\r\n",
+        response.content_type,
+        response.body.len()
+    );
     if response.status == 405 {
         out.extend_from_slice(b"Allow: GET\r\n");
     }
@@ -144,7 +161,10 @@ mod tests {
     fn pipelined_requests_parse_one_at_a_time() {
         let batch = b"GET /plaintext HTTP/1.1\r\nHost: a\r\n\r\nGET /json HTTP/1.1\r\nHost: a\r\n\r\nGET /db HT";
         let (first, n) = complete(batch);
-        assert_eq!((first.method, first.target, first.keep_alive), ("GET", "/plaintext", true));
+        assert_eq!(
+            (first.method, first.target, first.keep_alive),
+            ("GET", "/plaintext", true)
+        );
         let (second, m) = complete(&batch[n..]);
         assert_eq!(second.target, "/json");
         assert_eq!(parse(&batch[n + m..]), Parsed::Partial);
@@ -153,18 +173,38 @@ mod tests {
     #[test]
     fn connection_semantics_follow_the_version() {
         assert!(!complete(b"GET / HTTP/1.0\r\n\r\n").0.keep_alive);
-        assert!(complete(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").0.keep_alive);
-        assert!(!complete(b"GET / HTTP/1.1\r\nConnection: Close\r\n\r\n").0.keep_alive);
+        assert!(
+            complete(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+                .0
+                .keep_alive
+        );
+        assert!(
+            !complete(b"GET / HTTP/1.1\r\nConnection: Close\r\n\r\n")
+                .0
+                .keep_alive
+        );
     }
 
     #[test]
     fn bodies_are_consumed_and_bounded() {
         let (_, n) = complete(b"POST /json HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcGET");
         assert_eq!(n, 45, "head of 42 bytes and a body of 3");
-        assert_eq!(parse(b"POST /json HTTP/1.1\r\nContent-Length: 3\r\n\r\nab"), Parsed::Partial);
-        assert_eq!(parse(b"POST / HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n"), Parsed::Reject(413));
-        assert_eq!(parse(b"POST / HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n"), Parsed::Reject(400));
-        assert_eq!(parse(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"), Parsed::Reject(501));
+        assert_eq!(
+            parse(b"POST /json HTTP/1.1\r\nContent-Length: 3\r\n\r\nab"),
+            Parsed::Partial
+        );
+        assert_eq!(
+            parse(b"POST / HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n"),
+            Parsed::Reject(413)
+        );
+        assert_eq!(
+            parse(b"POST / HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n"),
+            Parsed::Reject(400)
+        );
+        assert_eq!(
+            parse(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            Parsed::Reject(501)
+        );
     }
 
     #[test]
@@ -173,9 +213,17 @@ mod tests {
         assert_eq!(parse(b"GET / HTTP/9.9\r\n\r\n"), Parsed::Reject(400));
         let long = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(MAX_HEAD));
         assert_eq!(parse(long.as_bytes()), Parsed::Reject(431));
-        assert_eq!(parse(&long.as_bytes()[..MAX_HEAD + 10]), Parsed::Reject(431));
-        let many: String = (0..MAX_HEADERS + 1).map(|i| format!("X-{i}: v\r\n")).collect();
-        assert_eq!(parse(format!("GET / HTTP/1.1\r\n{many}\r\n").as_bytes()), Parsed::Reject(431));
+        assert_eq!(
+            parse(&long.as_bytes()[..MAX_HEAD + 10]),
+            Parsed::Reject(431)
+        );
+        let many: String = (0..MAX_HEADERS + 1)
+            .map(|i| format!("X-{i}: v\r\n"))
+            .collect();
+        assert_eq!(
+            parse(format!("GET / HTTP/1.1\r\n{many}\r\n").as_bytes()),
+            Parsed::Reject(431)
+        );
     }
 
     #[test]
@@ -184,7 +232,12 @@ mod tests {
         let mut out = Vec::new();
         write_response(&mut out, &Response::text(200, "Hello"), &request);
         let text = String::from_utf8(out).unwrap();
-        assert!(text.starts_with("HTTP/1.1 200 OK\r\nServer: syscall-lab\r\nDate: "), "{text}");
-        assert!(text.contains("\r\nContent-Type: text/plain\r\nContent-Length: 5\r\nConnection: close\r\n\r\nHello"));
+        assert!(
+            text.starts_with("HTTP/1.1 200 OK\r\nServer: syscall-lab\r\nDate: "),
+            "{text}"
+        );
+        assert!(text.contains(
+            "\r\nContent-Type: text/plain\r\nContent-Length: 5\r\nConnection: close\r\n\r\nHello"
+        ));
     }
 }
