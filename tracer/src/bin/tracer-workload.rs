@@ -5,6 +5,9 @@
 //!   ephemeral port (written to PORT_FILE). Per request line: one read from the client,
 //!   one write + one read on the "database" connection (when DB_PORT is given), one write
 //!   to the log file, one write to the client.
+//! - `uring PORT_FILE`: the same line protocol (no database, no log) over io_uring: one
+//!   ACCEPT, then per request one READ and one WRITE ring operation, each submitted and
+//!   reaped with one io_uring_enter.
 //! - `block DB_PORT N`: connects to DB_PORT and reads one byte N times; each read blocks
 //!   for as long as the peer waits before sending.
 
@@ -16,6 +19,7 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
         Some("serve") => serve(&args[2], &args[3], args.get(4).map(|p| p.parse().unwrap())),
+        Some("uring") => uring(&args[2]),
         Some("block") => block(args[2].parse().unwrap(), args[3].parse().unwrap()),
         _ => panic!("usage: tracer-workload serve PORT_FILE LOG_PATH [DB_PORT] | block DB_PORT N"),
     }
@@ -58,5 +62,38 @@ fn block(db_port: u16, n: usize) {
     let mut b = [0u8; 1];
     for _ in 0..n {
         s.read_exact(&mut b).unwrap();
+    }
+}
+
+fn uring(port_file: &str) {
+    use io_uring::{opcode, types, IoUring};
+    use std::os::fd::AsRawFd;
+
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    std::fs::write(port_file, l.local_addr().unwrap().port().to_string()).unwrap();
+    let mut ring = IoUring::new(8).unwrap();
+    let mut op = |e: io_uring::squeue::Entry| -> i32 {
+        unsafe { ring.submission().push(&e).unwrap() };
+        ring.submit_and_wait(1).unwrap();
+        ring.completion().next().unwrap().result()
+    };
+    loop {
+        let fd = op(opcode::Accept::new(
+            types::Fd(l.as_raw_fd()),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+        )
+        .build());
+        assert!(fd >= 0, "accept: {fd}");
+        let mut buf = [0u8; 8];
+        loop {
+            let n = op(opcode::Read::new(types::Fd(fd), buf.as_mut_ptr(), 8).build());
+            if n != 8 {
+                break;
+            }
+            let w = op(opcode::Write::new(types::Fd(fd), b"response\n".as_ptr(), 9).build());
+            assert_eq!(w, 9);
+        }
+        unsafe { libc::close(fd) };
     }
 }
