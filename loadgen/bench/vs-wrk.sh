@@ -56,7 +56,7 @@ server_ticks() {
     fi
 }
 
-# One run: prints "requests seconds cpu_seconds server_cpu_seconds".
+# One run: prints "requests seconds cpu_seconds server_cpu_ticks errors".
 run_one() {
     local tool=$1 conns=$2 depth=$3 out="$work/out" t0 t1
     t0=$(server_ticks)
@@ -69,27 +69,30 @@ run_one() {
         local reqs secs
         reqs=$(awk '/requests in/ {print $1}' "$out")
         secs=$(awk '/requests in/ {sub(/s,$/, "", $4); print $4}' "$out")
-        echo "$reqs $secs $(awk '{print $1 + $2}' "$work/time") $(( t1 - t0 ))"
+        # Socket errors: connect A, read B, write C, timeout D / Non-2xx or 3xx responses: N
+        errs=$(awk '/Socket errors/ {gsub(/,/, ""); n += $4 + $6 + $8 + $10} /Non-2xx/ {n += $NF} END {print n + 0}' "$out")
+        echo "$reqs $secs $(awk '{print $1 + $2}' "$work/time") $(( t1 - t0 )) $errs"
     else
         /usr/bin/time -f "%U %S" -o "$work/time" nice -n "$NICE" taskset -c "$GEN_CPU" \
             "$LOADGEN" -q -t1 -c"$conns" -p"$depth" -d"$DURATION" --json "$work/lg.json" "$URL" >"$out"
         t1=$(server_ticks)
         python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(r["requests"], r["duration_s"], end=" ")' "$work/lg.json"
-        echo "$(awk '{print $1 + $2}' "$work/time") $(( t1 - t0 ))"
+        echo "$(awk '{print $1 + $2}' "$work/time") $(( t1 - t0 )) $(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["errors_total"])' "$work/lg.json")"
     fi
 }
 
 echo "target: $TARGET; generators on CPU $GEN_CPU, -t1, nice $NICE, $DURATION per run, $PAIRS pairs, alternating"
 echo "loadgen: $LOADGEN; wrk: $(wrk --version 2>&1 | head -n1 | cut -d' ' -f1-2)"
-printf '\n%-14s %-4s %12s %12s %11s %11s %9s %9s %9s\n' config pair "wrk req/s" "lg req/s" "wrk us/req" "lg us/req" "req/s x" "us/req x" "srv us/req"
+printf '\n%-14s %-4s %12s %12s %11s %11s %9s %9s %9s %s\n' config pair "wrk req/s" "lg req/s" "wrk us/req" "lg us/req" "req/s x" "us/req x" "srv us/req" "errors"
+echo "(x = loadgen / wrk; srv us/req = server CPU per request during the wrk / loadgen run; errors wrk/loadgen)"
 summary=""
 for cfg in $CONFIGS; do
     conns=${cfg%%:*}; depth=${cfg##*:}
     label="c=$conns p=$depth"
     ratios=""
     for pair in $(seq "$PAIRS"); do
-        read -r wr ws wc wsrv <<<"$(run_one wrk "$conns" "$depth")"
-        read -r lr ls lc lsrv <<<"$(run_one loadgen "$conns" "$depth")"
+        read -r wr ws wc wsrv we <<<"$(run_one wrk "$conns" "$depth")"
+        read -r lr ls lc lsrv le <<<"$(run_one loadgen "$conns" "$depth")"
         line=$(python3 - "$wr" "$ws" "$wc" "$wsrv" "$lr" "$ls" "$lc" "$lsrv" "$tck" <<'PY'
 import sys
 wr, ws, wc, wsrv, lr, ls, lc, lsrv, tck = map(float, sys.argv[1:])
@@ -99,7 +102,7 @@ srv = "%.2f/%.2f" % (wsrv / tck / wr * 1e6, lsrv / tck / lr * 1e6) if wsrv > 0 e
 print("%12.0f %12.0f %11.2f %11.2f %9.3f %9.3f %9s|%f %f" % (wrps, lrps, wcpu, lcpu, lrps / wrps, lcpu / wcpu, srv, lrps / wrps, lcpu / wcpu))
 PY
 )
-        printf '%-14s %-4s %s\n' "$label" "$pair" "${line%%|*}"
+        printf '%-14s %-4s %s %s/%s\n' "$label" "$pair" "${line%%|*}" "$we" "$le"
         ratios+="${line##*|};"
     done
     summary+=$(python3 - "$label" "$ratios" <<'PY'

@@ -48,7 +48,8 @@ pub struct Cli {
     #[arg(short = 'd', long, default_value = "10s", value_parser = duration_arg, value_name = "T", allow_hyphen_values = true)]
     pub duration: f64,
 
-    /// Stop after exactly N measured requests instead of after --duration
+    /// Stop after exactly N measured requests instead of after --duration (a failed connect
+    /// uses up one of the N)
     #[arg(short = 'n', long, value_name = "N")]
     pub requests: Option<u64>,
 

@@ -180,8 +180,7 @@ impl Worker<'_> {
             }
             self.dispatch();
             let live = &self.shared.live[self.id];
-            live.requests
-                .store(self.stats.requests, Ordering::Relaxed);
+            live.requests.store(self.stats.requests, Ordering::Relaxed);
             live.errors
                 .store(self.stats.errors.iter().sum(), Ordering::Relaxed);
             timeout = self.next_wake().saturating_sub(self.now);
@@ -360,6 +359,10 @@ impl Worker<'_> {
         };
         if self.measuring(self.now) && self.issuing() {
             self.stats.failure(kind, None);
+            // With -n a failed connect uses up one attempt, so a dead server ends the run.
+            if let Some(b) = &mut self.budget {
+                *b = b.saturating_sub(1);
+            }
         }
         let c = &mut self.conns[i];
         c.close();

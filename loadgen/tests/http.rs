@@ -232,3 +232,40 @@ fn placeholders_expand_and_json_round_trips() {
     let back: loadgen::Report = serde_json::from_str(&json).unwrap();
     assert_eq!(back.requests, 2000);
 }
+
+#[test]
+fn dead_server_refuses_and_ends_an_n_run() {
+    use std::io::{Read, Write};
+    // Answers 20 requests, then closes its connection and stops listening.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut answered = 0;
+        for s in listener.incoming() {
+            let mut s = s.unwrap();
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = s.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                let reqs = buf[..n].windows(4).filter(|w| w == b"\r\n\r\n").count();
+                for _ in 0..reqs {
+                    s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                        .unwrap();
+                    answered += 1;
+                }
+                if answered >= 20 {
+                    return; // drops the connection and the listener
+                }
+            }
+        }
+    });
+    let mut c = config(format!("http://{addr}/"));
+    c.connections = 1;
+    c.requests = Some(100);
+    let r = run(&c);
+    assert_eq!(r.requests, 20, "{:?}", r.errors);
+    assert_eq!(r.errors.connect_refused, 80, "{:?}", r.errors);
+    assert_eq!(r.errors_total, 80);
+    assert_eq!(r.reconnects, 0);
+}
