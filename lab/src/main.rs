@@ -1,7 +1,7 @@
 //! `lab`: the command that ties the lab together.
 //!
 //! This file only parses the command line and hands each subcommand to the module that
-//! owns it; `lab db ...` is in [`db_cmd`].
+//! owns it: `lab db ...` is [`db_cmd`], `lab trace` is the tracer crate's own CLI.
 
 mod db_cmd;
 
@@ -22,12 +22,16 @@ enum Command {
     /// The lab's PostgreSQL: start, stop, inspect, re-seed.
     #[command(subcommand)]
     Db(db_cmd::DbCommand),
+    /// Attribute a running server's (or a started command's) syscalls, ring operations
+    /// and blocked time to network, database, logging and the I/O machinery.
+    Trace(tracer::cli::TraceArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Db(cmd) => db_cmd::run(cmd),
+        Command::Trace(args) => tracer::cli::run(args),
     };
     match result {
         Ok(code) => code,

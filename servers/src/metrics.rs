@@ -9,7 +9,13 @@
 //! - `lab_http_requests_in_flight`
 //! - `lab_db_pool_connections{state="in_use"|"idle"}`
 //! - `lab_log_lines_dropped_total`
-//! - `lab_server_info{variant}`
+//! - `lab_server_info`
+//! - `lab_process_cpu_seconds_total{mode="user"|"system"}`, `lab_process_resident_memory_bytes`,
+//!   `lab_process_threads`, `lab_process_context_switches_total{kind="voluntary"|"involuntary"}`
+//!   (read from `/proc/self` when scraped)
+//!
+//! Every series carries a `variant` label, so that one Prometheus can compare variants
+//! that ran one after another on the same port.
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
@@ -145,7 +151,7 @@ impl Metrics {
                         .map_or("other".to_string(), |c| c.to_string());
                     let _ = writeln!(
                         out,
-                        "lab_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {count}"
+                        "lab_http_requests_total{{variant=\"{variant}\",route=\"{route}\",status=\"{status}\"}} {count}"
                     );
                 }
             }
@@ -166,21 +172,21 @@ impl Metrics {
                 cumulative += count;
                 let _ = writeln!(
                     out,
-                    "lab_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"{bound}\"}} {cumulative}"
+                    "lab_http_request_duration_seconds_bucket{{variant=\"{variant}\",route=\"{route}\",le=\"{bound}\"}} {cumulative}"
                 );
             }
             let _ = writeln!(
                 out,
-                "lab_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"+Inf\"}} {total}"
+                "lab_http_request_duration_seconds_bucket{{variant=\"{variant}\",route=\"{route}\",le=\"+Inf\"}} {total}"
             );
             let sum = self.duration_micros[r].load(Relaxed) as f64 / 1e6;
             let _ = writeln!(
                 out,
-                "lab_http_request_duration_seconds_sum{{route=\"{route}\"}} {sum}"
+                "lab_http_request_duration_seconds_sum{{variant=\"{variant}\",route=\"{route}\"}} {sum}"
             );
             let _ = writeln!(
                 out,
-                "lab_http_request_duration_seconds_count{{route=\"{route}\"}} {total}"
+                "lab_http_request_duration_seconds_count{{variant=\"{variant}\",route=\"{route}\"}} {total}"
             );
         }
         let _ = writeln!(
@@ -190,7 +196,7 @@ impl Metrics {
         let _ = writeln!(out, "# TYPE lab_http_requests_in_flight gauge");
         let _ = writeln!(
             out,
-            "lab_http_requests_in_flight {}",
+            "lab_http_requests_in_flight{{variant=\"{variant}\"}} {}",
             self.in_flight.load(Relaxed)
         );
         let _ = writeln!(
@@ -200,18 +206,102 @@ impl Metrics {
         let _ = writeln!(out, "# TYPE lab_db_pool_connections gauge");
         let _ = writeln!(
             out,
-            "lab_db_pool_connections{{state=\"in_use\"}} {}",
+            "lab_db_pool_connections{{variant=\"{variant}\",state=\"in_use\"}} {}",
             pool.0
         );
-        let _ = writeln!(out, "lab_db_pool_connections{{state=\"idle\"}} {}", pool.1);
+        let _ = writeln!(
+            out,
+            "lab_db_pool_connections{{variant=\"{variant}\",state=\"idle\"}} {}",
+            pool.1
+        );
         let _ = writeln!(out, "# HELP lab_log_lines_dropped_total Request log lines lost because the log buffer was full.");
         let _ = writeln!(out, "# TYPE lab_log_lines_dropped_total counter");
         let _ = writeln!(
             out,
-            "lab_log_lines_dropped_total {}",
+            "lab_log_lines_dropped_total{{variant=\"{variant}\"}} {}",
             self.log_lines_dropped()
         );
+        render_process(&mut out, variant);
         out
+    }
+}
+
+/// Figures of this process from `/proc/self`, read when `/metrics` is scraped (a few
+/// reads per scrape; nothing per request).
+fn render_process(out: &mut String, variant: &str) {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the parenthesised command name: state is field 3, utime 14, stime 15,
+    // num_threads 20 (1-based, as in proc(5)).
+    let fields: Vec<&str> = stat
+        .rsplit_once(") ")
+        .map(|(_, rest)| rest.split(' ').collect())
+        .unwrap_or_default();
+    let field = |n: usize| {
+        fields
+            .get(n - 3)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let status_value = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let _ = writeln!(
+        out,
+        "# HELP lab_process_cpu_seconds_total CPU time of the server process."
+    );
+    let _ = writeln!(out, "# TYPE lab_process_cpu_seconds_total counter");
+    let _ = writeln!(
+        out,
+        "lab_process_cpu_seconds_total{{variant=\"{variant}\",mode=\"user\"}} {}",
+        field(14) / ticks
+    );
+    let _ = writeln!(
+        out,
+        "lab_process_cpu_seconds_total{{variant=\"{variant}\",mode=\"system\"}} {}",
+        field(15) / ticks
+    );
+    let _ = writeln!(
+        out,
+        "# HELP lab_process_threads Threads of the server process."
+    );
+    let _ = writeln!(out, "# TYPE lab_process_threads gauge");
+    let _ = writeln!(
+        out,
+        "lab_process_threads{{variant=\"{variant}\"}} {}",
+        field(20)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP lab_process_resident_memory_bytes Resident set size of the server process."
+    );
+    let _ = writeln!(out, "# TYPE lab_process_resident_memory_bytes gauge");
+    let _ = writeln!(
+        out,
+        "lab_process_resident_memory_bytes{{variant=\"{variant}\"}} {}",
+        status_value("VmRSS:") * 1024.0
+    );
+    let _ = writeln!(
+        out,
+        "# HELP lab_process_context_switches_total Context switches of the server's threads."
+    );
+    let _ = writeln!(out, "# TYPE lab_process_context_switches_total counter");
+    for (kind, key) in [
+        ("voluntary", "voluntary_ctxt_switches:"),
+        ("involuntary", "nonvoluntary_ctxt_switches:"),
+    ] {
+        let _ = writeln!(
+            out,
+            "lab_process_context_switches_total{{variant=\"{variant}\",kind=\"{kind}\"}} {}",
+            status_value(key)
+        );
     }
 }
 
@@ -236,21 +326,31 @@ mod tests {
         M.record("db", 503, Duration::from_secs(7));
         let text = M.render((3, 5));
         assert!(
-            text.contains("lab_http_requests_total{route=\"db\",status=\"200\"} 2"),
+            text.contains(
+                "lab_http_requests_total{variant=\"unknown\",route=\"db\",status=\"200\"} 2"
+            ),
             "{text}"
         );
-        assert!(text.contains("lab_http_requests_total{route=\"db\",status=\"503\"} 1"));
+        assert!(text.contains(
+            "lab_http_requests_total{variant=\"unknown\",route=\"db\",status=\"503\"} 1"
+        ));
         assert!(
-            text.contains("lab_http_request_duration_seconds_bucket{route=\"db\",le=\"0.0005\"} 1")
+            text.contains("lab_http_request_duration_seconds_bucket{variant=\"unknown\",route=\"db\",le=\"0.0005\"} 1")
         );
         assert!(
-            text.contains("lab_http_request_duration_seconds_bucket{route=\"db\",le=\"0.025\"} 2")
+            text.contains("lab_http_request_duration_seconds_bucket{variant=\"unknown\",route=\"db\",le=\"0.025\"} 2")
         );
         assert!(
-            text.contains("lab_http_request_duration_seconds_bucket{route=\"db\",le=\"+Inf\"} 3")
+            text.contains("lab_http_request_duration_seconds_bucket{variant=\"unknown\",route=\"db\",le=\"+Inf\"} 3")
         );
-        assert!(text.contains("lab_db_pool_connections{state=\"in_use\"} 3"));
+        assert!(text.contains("lab_db_pool_connections{variant=\"unknown\",state=\"in_use\"} 3"));
+        assert!(
+            text.contains("lab_process_threads{variant=\"unknown\"} "),
+            "{text}"
+        );
         let _guard = M.start_request();
-        assert!(M.render((0, 0)).contains("lab_http_requests_in_flight 1"));
+        assert!(M
+            .render((0, 0))
+            .contains("lab_http_requests_in_flight{variant=\"unknown\"} 1"));
     }
 }

@@ -282,13 +282,17 @@ fn metrics_and_health(variant: &str) {
         .unwrap()
         .starts_with("text/plain"));
     let text = reply.text();
+    let v = format!("variant=\"{variant}\"");
     for needle in [
-        "lab_http_requests_total{route=\"db\",status=\"200\"} 3",
-        "lab_http_request_duration_seconds_bucket{route=\"db\",le=\"+Inf\"} 3",
-        "lab_http_requests_in_flight ",
-        "lab_db_pool_connections{state=\"in_use\"}",
-        "lab_db_pool_connections{state=\"idle\"}",
-        &format!("lab_server_info{{variant=\"{variant}\"}} 1"),
+        format!("lab_http_requests_total{{{v},route=\"db\",status=\"200\"}} 3"),
+        format!("lab_http_request_duration_seconds_bucket{{{v},route=\"db\",le=\"+Inf\"}} 3"),
+        format!("lab_http_requests_in_flight{{{v}}} "),
+        format!("lab_db_pool_connections{{{v},state=\"in_use\"}}"),
+        format!("lab_db_pool_connections{{{v},state=\"idle\"}}"),
+        format!("lab_server_info{{{v}}} 1"),
+        format!("lab_process_cpu_seconds_total{{{v},mode=\"user\"}}"),
+        format!("lab_process_threads{{{v}}}"),
+        format!("lab_process_resident_memory_bytes{{{v}}}"),
     ] {
         assert!(text.contains(needle), "/metrics lacks {needle:?}:\n{text}");
     }
