@@ -1,9 +1,836 @@
-//! Work in progress.
+//! The io-uring variant: tokio-uring runtimes, one per CPU, and the shared HTTP/1.1 codec.
+//!
+//! Threads: `uring-0` .. `uring-N-1` (`--workers`, default one per CPU), each a tokio-uring
+//! runtime (a current-thread tokio runtime plus an io_uring) with its own `SO_REUSEPORT`
+//! listener, its own accept loop and its own database pool; a connection lives and dies on
+//! the thread whose listener the kernel handed it to, so no work moves between threads.
+//! The main thread only waits for SIGINT/SIGTERM (a small tokio runtime of its own) and
+//! then tells every runtime to stop.
+//!
+//! Every client socket operation goes through the ring, as a single-shot operation built
+//! here with tokio-uring's public `UnsubmittedOneshot` (tokio-uring's own `TcpStream` cannot
+//! close through the ring nor hand its descriptor over): `ACCEPT`, `RECV` into the
+//! connection's read buffer, `SEND` of a whole batch of responses (`MSG_NOSIGNAL`: a client
+//! that reset cannot raise SIGPIPE), `CLOSE`, and on the unhappy paths `SHUTDOWN` and
+//! `ASYNC_CANCEL` (by descriptor). The one client-socket syscall is the `setsockopt`
+//! (`TCP_NODELAY`) after each accept: io_uring has no operation for it on this kernel line
+//! that tokio-uring 0.5 exposes.
+//!
+//! Where the syscalls come from, per keep-alive request: none of its own. The request is a
+//! RECV and a SEND on the ring; the thread pays for the ring when it parks: tokio-uring
+//! submits the queued operations with `io_uring_enter` and then waits in `epoll_wait` on an
+//! epoll set that holds the ring's descriptor (its completions make it readable) next to
+//! tokio's own sources. Under load one park serves every completion that arrived, so those
+//! two syscalls are shared by all the requests of one turn of the loop.
+//!
+//! The lesson of the database: the pool is sqlx, and sqlx knows nothing of the ring. Its
+//! socket is a plain tokio `TcpStream` registered with the same runtime's epoll, so a query
+//! is a `sendto` of Bind/Execute/Sync and one or more `recvfrom` syscalls, and its readiness
+//! arrives through `epoll_wait`, not through a completion. A `/db` request is therefore two
+//! ring operations plus at least two syscalls: io_uring only removes the syscalls of the
+//! sockets that go through it.
+//!
+//! The connection loop: read into an owned buffer (reused for the life of the connection,
+//! never larger than the largest request the codec accepts), answer every complete request
+//! in it in order, append each response to one write buffer, send the batch in one SEND,
+//! read again. The RECV future is kept until it completes: a timeout or a shutdown cancels
+//! it in the kernel (ASYNC_CANCEL or SHUTDOWN) and then waits for its completion, because
+//! an abandoned operation would keep the socket open inside the kernel.
 
-use anyhow::{bail, Result};
+use std::cell::Cell;
+use std::io;
+use std::marker::PhantomData;
+use std::net::{Shutdown, SocketAddr};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::rc::Rc;
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
 
+use anyhow::{anyhow, Context, Result};
+use io_uring::{cqueue, opcode, types};
+use tokio::sync::{watch, Notify};
+use tokio_uring::buf::{BoundedBuf, BoundedBufMut, Slice};
+use tokio_uring::{InFlightOneshot, OneshotOutputTransform, UnsubmittedOneshot};
+
+use crate::app::{self, AsyncStore, DatabaseError, Resolved};
 use crate::cli::Args;
+use crate::database::sqlx_pool::SqlxPool;
+use crate::http1::{self, Parsed};
+use crate::logging;
+use crate::metrics::METRICS;
+use crate::render::{Fortune, World};
+
+use super::{LISTEN_BACKLOG, SHUTDOWN_GRACE};
+
+/// Submission queue entries per ring (the completion queue gets twice as many). Operations
+/// beyond it are flushed early, not lost; an overflowing completion queue is kept by the
+/// kernel (IORING_FEAT_NODROP).
+const RING_ENTRIES: u32 = 1024;
+/// The read buffer a connection starts with: room for a typical request, or a batch of
+/// pipelined ones.
+const READ_BUFFER: usize = 4 * 1024;
+/// The read buffer never grows beyond one whole request of the largest size the codec
+/// accepts; a request that needs more is rejected (431, 413) by the codec first.
+const READ_LIMIT: usize = http1::MAX_HEAD + http1::MAX_BODY;
+/// The write buffer a connection keeps between batches; a larger one (a big `/queries`
+/// answer) is given back after its batch is sent.
+const WRITE_KEEP: usize = 16 * 1024;
+/// How long a rejected or timed-out client gets to read its error response and close,
+/// while what it still sends is read and discarded (closing with unread bytes would send
+/// a reset that can destroy the response before the client reads it).
+const LINGER: Duration = Duration::from_secs(2);
 
 pub fn run(args: &Args) -> Result<()> {
-    bail!("the {} variant is not built yet", args.variant.name())
+    let runtimes = args.workers().max(1);
+    let url = args.database_url();
+    let (listeners, addr) = listen(args.listen, runtimes)?;
+    let sizes = split_pool(args.pool_size(), runtimes);
+    let pools = sizes
+        .iter()
+        .map(|&size| SqlxPool::new(&url, size).map(Arc::new))
+        .collect::<Result<Vec<_>>>()?;
+    let all_pools: Arc<[Arc<SqlxPool>]> = pools.clone().into();
+
+    let (stop, stop_signal) = watch::channel(false);
+    let (ended, mut ended_signal) = tokio::sync::mpsc::unbounded_channel::<usize>();
+    let (ready, ready_signal) = mpsc::channel::<(usize, io::Result<()>)>();
+    let mut threads = Vec::with_capacity(runtimes);
+    let mut go = Vec::with_capacity(runtimes);
+    for (index, (listener, pool)) in listeners.into_iter().zip(pools).enumerate() {
+        let (go_sender, go_signal) = mpsc::channel::<bool>();
+        go.push(go_sender);
+        let store = RuntimeStore {
+            local: pool,
+            all: all_pools.clone(),
+        };
+        let stop_signal = stop_signal.clone();
+        let ready = ready.clone();
+        let ended = ended.clone();
+        let watch_database = (index == 0).then(|| db::redact(&url));
+        let header_timeout = args.header_timeout();
+        let thread = std::thread::Builder::new()
+            .name(format!("uring-{index}"))
+            .spawn(move || {
+                // Tells the main thread this runtime is gone, however it ends (a panic too).
+                let _ended = EndNotice(index, ended);
+                let runtime =
+                    match tokio_uring::Runtime::new(tokio_uring::builder().entries(RING_ENTRIES)) {
+                        Ok(runtime) => runtime,
+                        Err(error) => {
+                            let _ = ready.send((index, Err(error)));
+                            return true;
+                        }
+                    };
+                let _ = ready.send((index, Ok(())));
+                drop(ready);
+                if go_signal.recv() != Ok(true) {
+                    return true;
+                }
+                runtime.block_on(serve(
+                    listener,
+                    store,
+                    header_timeout,
+                    stop_signal,
+                    watch_database,
+                ))
+            })
+            .context("starting a runtime thread")?;
+        threads.push(thread);
+    }
+    drop((ready, ended, stop_signal));
+
+    let mut failure = None;
+    for _ in 0..runtimes {
+        match ready_signal.recv() {
+            Ok((_, Ok(()))) => {}
+            Ok((index, Err(error))) => {
+                failure.get_or_insert_with(|| {
+                    anyhow!(error).context(format!(
+                        "setting up the io_uring of runtime {index} (is io_uring disabled, \
+                         kernel.io_uring_disabled, or RLIMIT_MEMLOCK too low?)"
+                    ))
+                });
+            }
+            Err(_) => {
+                failure.get_or_insert_with(|| anyhow!("a runtime thread died during start-up"));
+            }
+        }
+    }
+    if let Some(error) = failure {
+        for sender in &go {
+            let _ = sender.send(false);
+        }
+        for thread in threads {
+            let _ = thread.join();
+        }
+        return Err(error);
+    }
+
+    tracing::info!(
+        "io-uring variant serving http://{addr} with {runtimes} runtimes (one thread, io_uring and SO_REUSEPORT listener each), up to {} database connections ({} per runtime), log {:?}",
+        sizes.iter().sum::<usize>(),
+        sizes.iter().map(ToString::to_string).collect::<Vec<_>>().join("/"),
+        args.log
+    );
+    for sender in &go {
+        let _ = sender.send(true);
+    }
+
+    // The main thread waits for a signal, or for a runtime that ended by itself.
+    let supervisor = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the signal watcher")?;
+    let ended_early = supervisor.block_on(async {
+        tokio::select! {
+            _ = shutdown_signal() => None,
+            index = ended_signal.recv() => index,
+        }
+    });
+    tracing::info!("shutting down: finishing in-flight requests");
+    let _ = stop.send(true);
+    let mut all_closed = true;
+    let mut panicked = false;
+    for thread in threads {
+        match thread.join() {
+            Ok(closed) => all_closed &= closed,
+            Err(_) => panicked = true,
+        }
+    }
+    if all_closed {
+        tracing::info!("all connections closed");
+    } else {
+        tracing::warn!("gave up on connections still open after {SHUTDOWN_GRACE:?}");
+    }
+    if let Some(index) = ended_early {
+        return Err(anyhow!("runtime uring-{index} stopped unexpectedly"));
+    }
+    if panicked {
+        return Err(anyhow!("a runtime thread panicked"));
+    }
+    Ok(())
+}
+
+/// Sends the runtime's index when dropped.
+struct EndNotice(usize, tokio::sync::mpsc::UnboundedSender<usize>);
+
+impl Drop for EndNotice {
+    fn drop(&mut self) {
+        let _ = self.1.send(self.0);
+    }
+}
+
+/// `total` database connections over `runtimes` pools, at least one each.
+fn split_pool(total: usize, runtimes: usize) -> Vec<usize> {
+    (0..runtimes)
+        .map(|i| (total / runtimes + usize::from(i < total % runtimes)).max(1))
+        .collect()
+}
+
+/// One `SO_REUSEPORT` listener per runtime, all on the same address. The first is bound as
+/// asked; the others to the address it got, which matters when the port asked was 0.
+fn listen(addr: SocketAddr, count: usize) -> Result<(Vec<OwnedFd>, SocketAddr)> {
+    let mut listeners = Vec::with_capacity(count);
+    let mut bound = addr;
+    for _ in 0..count {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(bound),
+            socket2::Type::STREAM.cloexec(),
+            Some(socket2::Protocol::TCP),
+        )?;
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(true)?;
+        socket
+            .bind(&bound.into())
+            .with_context(|| format!("binding {bound} (is another server running there?)"))?;
+        socket.listen(LISTEN_BACKLOG as i32)?;
+        if listeners.is_empty() {
+            bound = socket
+                .local_addr()?
+                .as_socket()
+                .ok_or_else(|| anyhow!("the listener has no IP address"))?;
+        }
+        listeners.push(OwnedFd::from(socket));
+    }
+    Ok((listeners, bound))
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let mut terminate =
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(error) => {
+                tracing::warn!("cannot watch SIGTERM ({error}); only Ctrl-C stops the server");
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        _ = terminate.recv() => tracing::info!("SIGTERM received"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// One runtime.
+
+/// What the tasks of one runtime share (they all run on its one thread).
+struct Runtime {
+    store: RuntimeStore,
+    /// `--header-timeout`.
+    header_timeout: Duration,
+    stopping: Cell<bool>,
+    stop: Notify,
+    connections: Cell<usize>,
+    all_closed: Notify,
+}
+
+impl Runtime {
+    /// Resolves once shutdown has begun.
+    async fn stopped(&self) {
+        let notified = self.stop.notified();
+        if self.stopping.get() {
+            return;
+        }
+        notified.await;
+    }
+
+    fn begin_stop(&self) {
+        self.stopping.set(true);
+        self.stop.notify_waiters();
+    }
+
+    async fn connections_closed(&self) {
+        while self.connections.get() > 0 {
+            self.all_closed.notified().await;
+        }
+    }
+}
+
+/// Counts a connection task while it lives.
+struct ConnectionGuard(Rc<Runtime>);
+
+impl ConnectionGuard {
+    fn new(runtime: Rc<Runtime>) -> Self {
+        runtime.connections.set(runtime.connections.get() + 1);
+        ConnectionGuard(runtime)
+    }
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        let left = self.0.connections.get() - 1;
+        self.0.connections.set(left);
+        if left == 0 {
+            self.0.all_closed.notify_one();
+        }
+    }
+}
+
+/// Serves until `stop` says so, then finishes in-flight requests. Returns whether every
+/// connection closed within [`SHUTDOWN_GRACE`].
+async fn serve(
+    listener: OwnedFd,
+    store: RuntimeStore,
+    header_timeout: Duration,
+    mut stop: watch::Receiver<bool>,
+    watch_database: Option<String>,
+) -> bool {
+    let runtime = Rc::new(Runtime {
+        store,
+        header_timeout,
+        stopping: Cell::new(false),
+        stop: Notify::new(),
+        connections: Cell::new(0),
+        all_closed: Notify::new(),
+    });
+    if let Some(url) = watch_database {
+        tokio_uring::spawn(wait_for_database(runtime.store.local.clone(), url));
+    }
+    let acceptor = tokio_uring::spawn(accept_loop(RingSocket::new(listener), runtime.clone()));
+    // An error means the sender is gone: stop as well.
+    let _ = stop.wait_for(|stop| *stop).await;
+    runtime.begin_stop();
+    let _ = acceptor.await;
+    tokio::time::timeout(SHUTDOWN_GRACE, runtime.connections_closed())
+        .await
+        .is_ok()
+}
+
+async fn accept_loop(listener: RingSocket, runtime: Rc<Runtime>) {
+    let mut accept = listener.accept();
+    loop {
+        tokio::select! {
+            accepted = &mut accept => {
+                accept = listener.accept();
+                match accepted {
+                    Ok(socket) => {
+                        // Responses are written whole; Nagle would only delay them. The one
+                        // syscall a connection makes outside the ring.
+                        socket.set_nodelay();
+                        tokio_uring::spawn(serve_connection(socket, runtime.clone()));
+                    }
+                    Err(error) => {
+                        // EMFILE and friends: wait a little rather than spin on a full fd table.
+                        tracing::warn!("accept failed: {error}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+            _ = runtime.stopped() => break,
+        }
+    }
+    // Stop accepting: cancel the pending ACCEPT and wait for its completion (it holds the
+    // listening socket in the kernel), then close the listener.
+    let _ = listener.cancel_all().await;
+    if let Ok(socket) = accept.await {
+        socket.close().await;
+    }
+    listener.close().await;
+}
+
+/// How a connection ends.
+enum End {
+    /// Close now: the client closed, reset, or has nothing unread.
+    Close,
+    /// An error response was sent: half-close, drain what the client still sends, close.
+    Linger(Drain),
+}
+
+/// Where the lingering reads start: a read still pending, or a buffer to read into.
+enum Drain {
+    Pending(Recv),
+    Buffer(Vec<u8>),
+}
+
+type Recv = InFlightOneshot<Held<Slice<Vec<u8>>>, RecvDone<Slice<Vec<u8>>>>;
+
+async fn serve_connection(socket: RingSocket, runtime: Rc<Runtime>) {
+    let _guard = ConnectionGuard::new(runtime.clone());
+    let mut input: Vec<u8> = Vec::with_capacity(READ_BUFFER);
+    let mut output: Vec<u8> = Vec::new();
+    // The header timeout counts from when the connection began waiting for a request head.
+    let mut waiting_since = Instant::now();
+    let timer = tokio::time::sleep(runtime.header_timeout);
+    tokio::pin!(timer);
+
+    let end = 'connection: loop {
+        // Answer every complete request in the buffer, in order, into one batch.
+        let mut consumed = 0;
+        let mut close = false;
+        let mut rejected = false;
+        while consumed < input.len() {
+            match http1::parse(&input[consumed..]) {
+                Parsed::Complete { request, length } => {
+                    let keep_alive = request.keep_alive && !runtime.stopping.get();
+                    answer(&request, keep_alive, &runtime.store, &mut output).await;
+                    consumed += length;
+                    if !keep_alive {
+                        close = true;
+                        break;
+                    }
+                }
+                Parsed::Partial => break,
+                Parsed::Reject(status) => {
+                    METRICS.record("bad_request", status, Duration::ZERO);
+                    output.extend_from_slice(&app::error_response_bytes(status));
+                    rejected = true;
+                    break;
+                }
+            }
+        }
+        if consumed > 0 {
+            input.drain(..consumed);
+            waiting_since = Instant::now();
+        }
+        if !output.is_empty() {
+            let (sent, buffer) = send_all(&socket, output).await;
+            output = buffer;
+            output.clear();
+            if output.capacity() > WRITE_KEEP {
+                output = Vec::new();
+            }
+            if sent.is_err() {
+                break 'connection End::Close;
+            }
+        }
+        if rejected {
+            break 'connection End::Linger(Drain::Buffer(std::mem::take(&mut input)));
+        }
+        if close || (runtime.stopping.get() && input.is_empty()) {
+            break 'connection End::Close;
+        }
+        if input.is_empty() && input.capacity() > READ_BUFFER {
+            // A large request has been answered: give its memory back.
+            input = Vec::with_capacity(READ_BUFFER);
+        }
+        if input.len() == input.capacity() {
+            // A partial request fills the buffer: grow it, within the codec's limits.
+            let room = input.capacity().min(READ_LIMIT - input.capacity());
+            if room == 0 {
+                METRICS.record("bad_request", 431, Duration::ZERO);
+                let (_, buffer) = send_all(&socket, app::error_response_bytes(431)).await;
+                drop(buffer);
+                break 'connection End::Linger(Drain::Buffer(std::mem::take(&mut input)));
+            }
+            input.reserve_exact(room);
+        }
+
+        // Wait for more bytes, for the header timeout, or for shutdown.
+        let had_partial = !input.is_empty();
+        let start = input.len();
+        let mut read = socket.recv(input.slice(start..));
+        timer.as_mut().reset(tokio::time::Instant::from_std(
+            waiting_since + runtime.header_timeout,
+        ));
+        let mut stop_seen = runtime.stopping.get();
+        loop {
+            tokio::select! {
+                biased;
+                (result, buffer) = &mut read => {
+                    input = buffer.into_inner();
+                    match result {
+                        Ok(0) | Err(_) => break 'connection End::Close,
+                        Ok(_) => continue 'connection,
+                    }
+                }
+                _ = &mut timer => {
+                    // Slow or silent client: 408, with the read still pending.
+                    METRICS.record("bad_request", 408, Duration::ZERO);
+                    let (_, buffer) = send_all(&socket, app::error_response_bytes(408)).await;
+                    drop(buffer);
+                    break 'connection End::Linger(Drain::Pending(read));
+                }
+                _ = runtime.stopped(), if !stop_seen => {
+                    stop_seen = true;
+                    if had_partial {
+                        // A request is arriving: let it finish (within the grace period).
+                        continue;
+                    }
+                    // Idle: take the pending read back from the kernel.
+                    let _ = socket.cancel_all().await;
+                    let (result, buffer) = read.await;
+                    input = buffer.into_inner();
+                    match result {
+                        // Bytes won the race with the cancel: answer them, then close.
+                        Ok(n) if n > 0 => continue 'connection,
+                        _ => break 'connection End::Close,
+                    }
+                }
+            }
+        }
+    };
+    match end {
+        End::Close => socket.close().await,
+        End::Linger(drain) => linger_close(socket, drain).await,
+    }
+}
+
+/// Half-closes (the client sees the end of the error response), reads and discards what
+/// the client still sends until it closes or [`LINGER`] passes, then closes.
+async fn linger_close(socket: RingSocket, drain: Drain) {
+    let _ = socket.shutdown(Shutdown::Write).await;
+    let deadline = tokio::time::sleep(LINGER);
+    tokio::pin!(deadline);
+    let (mut pending, mut buffer) = match drain {
+        Drain::Pending(read) => (Some(read), Vec::new()),
+        Drain::Buffer(buffer) => (None, buffer),
+    };
+    loop {
+        let mut read = match pending.take() {
+            Some(read) => read,
+            None => {
+                buffer.clear();
+                if buffer.capacity() == 0 {
+                    buffer.reserve(READ_BUFFER);
+                }
+                socket.recv(buffer.slice(0..))
+            }
+        };
+        tokio::select! {
+            (result, returned) = &mut read => {
+                buffer = returned.into_inner();
+                if !matches!(result, Ok(n) if n > 0) {
+                    break;
+                }
+            }
+            _ = &mut deadline => {
+                let _ = socket.cancel_all().await;
+                drop(read.await);
+                break;
+            }
+        }
+    }
+    socket.close().await;
+}
+
+/// Sends all of `buffer`, usually in one SEND. Gives the buffer back for reuse.
+async fn send_all(socket: &RingSocket, buffer: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
+    let mut buffer = buffer;
+    let mut sent = 0;
+    while sent < buffer.len() {
+        let (result, slice) = socket.send(buffer.slice(sent..)).await;
+        buffer = slice.into_inner();
+        match result {
+            Ok(0) => return (Err(io::ErrorKind::WriteZero.into()), buffer),
+            Ok(n) => sent += n,
+            Err(error) => return (Err(error), buffer),
+        }
+    }
+    (Ok(()), buffer)
+}
+
+/// Answers one request: route, application, metrics, log line, framing into `out`.
+async fn answer(
+    request: &http1::Request<'_>,
+    keep_alive: bool,
+    store: &RuntimeStore,
+    out: &mut Vec<u8>,
+) {
+    let started = Instant::now();
+    let _in_flight = METRICS.start_request();
+    let resolved = app::resolve(request.method, request.target);
+    let response = match resolved {
+        Resolved::Route(route) => app::respond(route, store).await,
+        Resolved::NotFound => app::Response::not_found(),
+        Resolved::MethodNotAllowed => app::Response::method_not_allowed(),
+    };
+    let elapsed = started.elapsed();
+    METRICS.record(resolved.label(), response.status, elapsed);
+    logging::request(request.method, request.target, response.status, elapsed);
+    let framed = http1::Request {
+        keep_alive,
+        ..*request
+    };
+    http1::write_response(out, &response, &framed);
+}
+
+/// Logs whether the database answers at start-up, and keeps trying until it does.
+async fn wait_for_database(store: Arc<SqlxPool>, url: String) {
+    let mut attempts = 0u32;
+    loop {
+        match store.ping().await {
+            Ok(()) => {
+                tracing::info!("database {url} reachable");
+                return;
+            }
+            Err(error) => {
+                if attempts == 0 {
+                    tracing::warn!(
+                        "database {url} not reachable ({error}); serving /plaintext and /json, database routes answer 503, retrying every 2 s"
+                    );
+                }
+                attempts += 1;
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        }
+    }
+}
+
+/// The database as one runtime sees it: its own pool for queries (their sockets belong to
+/// this runtime's epoll), every runtime's pool for `/metrics`.
+struct RuntimeStore {
+    local: Arc<SqlxPool>,
+    all: Arc<[Arc<SqlxPool>]>,
+}
+
+impl AsyncStore for RuntimeStore {
+    async fn world(&self, id: i32) -> Result<World, DatabaseError> {
+        self.local.world(id).await
+    }
+
+    async fn worlds(&self, ids: &[i32]) -> Result<Vec<World>, DatabaseError> {
+        self.local.worlds(ids).await
+    }
+
+    async fn fortunes(&self) -> Result<Vec<Fortune>, DatabaseError> {
+        self.local.fortunes().await
+    }
+
+    async fn update(&self, changes: &[World]) -> Result<Vec<World>, DatabaseError> {
+        self.local.update(changes).await
+    }
+
+    async fn ping(&self) -> Result<(), DatabaseError> {
+        self.local.ping().await
+    }
+
+    fn pool_state(&self) -> (usize, usize) {
+        self.all.iter().fold((0, 0), |(in_use, idle), pool| {
+            let (u, i) = pool.pool_state();
+            (in_use + u, idle + i)
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Ring operations on sockets.
+
+/// A socket whose operations go through the ring. Every operation in flight holds a clone,
+/// so the descriptor stays open for as long as the kernel may use it, even when the future
+/// waiting for the operation was dropped; the last holder closes it (with close(2) if the
+/// ring did not).
+#[derive(Clone)]
+struct RingSocket(Rc<OwnedFd>);
+
+impl RingSocket {
+    fn new(fd: OwnedFd) -> Self {
+        RingSocket(Rc::new(fd))
+    }
+
+    fn raw(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+
+    /// ACCEPT on a listening socket.
+    fn accept(&self) -> InFlightOneshot<Rc<OwnedFd>, AcceptDone> {
+        let sqe = opcode::Accept::new(
+            types::Fd(self.raw()),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+        )
+        .flags(libc::SOCK_CLOEXEC)
+        .build();
+        UnsubmittedOneshot::new(self.0.clone(), AcceptDone, sqe).submit()
+    }
+
+    /// RECV into `buf`'s free room.
+    fn recv<B: BoundedBufMut>(&self, mut buf: B) -> InFlightOneshot<Held<B>, RecvDone<B>> {
+        let len = u32::try_from(buf.bytes_total()).unwrap_or(u32::MAX);
+        let sqe = opcode::Recv::new(types::Fd(self.raw()), buf.stable_mut_ptr(), len).build();
+        let held = Held {
+            _fd: self.0.clone(),
+            buf,
+        };
+        UnsubmittedOneshot::new(held, RecvDone(PhantomData), sqe).submit()
+    }
+
+    /// SEND of `buf`'s initialised bytes.
+    fn send<B: BoundedBuf>(&self, buf: B) -> InFlightOneshot<Held<B>, SendDone<B>> {
+        let len = u32::try_from(buf.bytes_init()).unwrap_or(u32::MAX);
+        let sqe = opcode::Send::new(types::Fd(self.raw()), buf.stable_ptr(), len)
+            .flags(libc::MSG_NOSIGNAL)
+            .build();
+        let held = Held {
+            _fd: self.0.clone(),
+            buf,
+        };
+        UnsubmittedOneshot::new(held, SendDone(PhantomData), sqe).submit()
+    }
+
+    /// SHUTDOWN: with `Write`, the client gets a FIN after the bytes already sent.
+    fn shutdown(&self, how: Shutdown) -> InFlightOneshot<Option<Rc<OwnedFd>>, Status> {
+        let how = match how {
+            Shutdown::Read => libc::SHUT_RD,
+            Shutdown::Write => libc::SHUT_WR,
+            Shutdown::Both => libc::SHUT_RDWR,
+        };
+        let sqe = opcode::Shutdown::new(types::Fd(self.raw()), how).build();
+        UnsubmittedOneshot::new(Some(self.0.clone()), Status, sqe).submit()
+    }
+
+    /// ASYNC_CANCEL of every operation in flight on this socket: each completes (with
+    /// ECANCELED, or with its result if it won the race) and must still be awaited.
+    fn cancel_all(&self) -> InFlightOneshot<Option<Rc<OwnedFd>>, Status> {
+        let sqe = opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fd(self.raw())).all())
+            .build();
+        UnsubmittedOneshot::new(Some(self.0.clone()), Status, sqe).submit()
+    }
+
+    /// CLOSE through the ring when no operation holds the socket any more; otherwise the
+    /// last operation to complete closes it.
+    async fn close(self) {
+        if let Ok(fd) = Rc::try_unwrap(self.0) {
+            let sqe = opcode::Close::new(types::Fd(fd.into_raw_fd())).build();
+            let _ = UnsubmittedOneshot::new(None, Status, sqe).submit().await;
+        }
+    }
+
+    /// TCP_NODELAY, with setsockopt(2).
+    fn set_nodelay(&self) {
+        let on: libc::c_int = 1;
+        // SAFETY: a valid descriptor, and a pointer to an int of the size given.
+        unsafe {
+            libc::setsockopt(
+                self.raw(),
+                libc::IPPROTO_TCP,
+                libc::TCP_NODELAY,
+                (&on as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+    }
+}
+
+/// What a data operation keeps alive until its completion: the buffer the kernel writes
+/// into or reads from, and the socket.
+struct Held<B> {
+    _fd: Rc<OwnedFd>,
+    buf: B,
+}
+
+fn result(cqe: &cqueue::Entry) -> io::Result<usize> {
+    let res = cqe.result();
+    if res >= 0 {
+        Ok(res as usize)
+    } else {
+        Err(io::Error::from_raw_os_error(-res))
+    }
+}
+
+struct RecvDone<B>(PhantomData<fn() -> B>);
+
+impl<B: BoundedBufMut> OneshotOutputTransform for RecvDone<B> {
+    type Output = (io::Result<usize>, B);
+    type StoredData = Held<B>;
+
+    fn transform_oneshot_output(self, data: Held<B>, cqe: cqueue::Entry) -> Self::Output {
+        let mut buf = data.buf;
+        let res = result(&cqe);
+        if let Ok(n) = res {
+            // SAFETY: the kernel wrote `n` bytes from the start of the buffer's free room.
+            unsafe { buf.set_init(n) };
+        }
+        (res, buf)
+    }
+}
+
+struct SendDone<B>(PhantomData<fn() -> B>);
+
+impl<B: BoundedBuf> OneshotOutputTransform for SendDone<B> {
+    type Output = (io::Result<usize>, B);
+    type StoredData = Held<B>;
+
+    fn transform_oneshot_output(self, data: Held<B>, cqe: cqueue::Entry) -> Self::Output {
+        (result(&cqe), data.buf)
+    }
+}
+
+struct AcceptDone;
+
+impl OneshotOutputTransform for AcceptDone {
+    type Output = io::Result<RingSocket>;
+    type StoredData = Rc<OwnedFd>;
+
+    fn transform_oneshot_output(self, _listener: Rc<OwnedFd>, cqe: cqueue::Entry) -> Self::Output {
+        let fd = result(&cqe)? as RawFd;
+        // SAFETY: a successful ACCEPT completes with a new descriptor that nothing else owns.
+        Ok(RingSocket::new(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+}
+
+struct Status;
+
+impl OneshotOutputTransform for Status {
+    type Output = io::Result<usize>;
+    type StoredData = Option<Rc<OwnedFd>>;
+
+    fn transform_oneshot_output(
+        self,
+        _fd: Option<Rc<OwnedFd>>,
+        cqe: cqueue::Entry,
+    ) -> Self::Output {
+        result(&cqe)
+    }
 }
