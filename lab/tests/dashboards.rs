@@ -1,0 +1,831 @@
+//! The Grafana dashboards of `dashboards/grafana/dashboards/`, checked without Docker.
+//!
+//! `dashboards_are_provisionable` reads the JSON: every panel and every query names the
+//! provisioned datasource by its pinned uid, `$variant` is a multi-select, and so on.
+//!
+//! `every_dashboard_query_returns_data` runs the real thing on loopback: the lab's test
+//! PostgreSQL, natively started servers (epoll, thread-pool, thread-per-request, and
+//! io-uring when it starts), one tracer exporter per server (`lab trace --pid PID
+//! --listen ADDR --variant NAME`, eBPF: needs root), and Debian's Prometheus scraping them
+//! every second. While `loadgen` loads every server with the TechEmpower mix, every query
+//! of every dashboard, with Grafana's variables replaced by concrete values, is evaluated
+//! through Prometheus's HTTP API at one instant inside the load: each must return data,
+//! and the per-variant ones must return it for every variant.
+//!
+//! Needs: `cargo build --workspace --bins` first (the test starts `server`, `lab` and
+//! `loadgen`), root, and the `prometheus` package (`scripts/install-deps` installs it;
+//! `PROMETHEUS=/path/to/prometheus` picks another binary).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+
+const DATASOURCE_UID: &str = "lab-prometheus";
+/// The variants the live test needs; io-uring joins when it starts.
+const REQUIRED_VARIANTS: [&str; 3] = ["epoll", "thread-pool", "thread-per-request"];
+const OPTIONAL_VARIANTS: [&str; 1] = ["io-uring"];
+/// What Grafana's `$__rate_interval` becomes (scrapes every second: 4 s at least).
+const RATE_INTERVAL: &str = "5s";
+/// Load length, and when inside it the queries are evaluated.
+const LOAD: Duration = Duration::from_secs(14);
+const EVALUATE_AT: Duration = Duration::from_secs(11);
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("lab/ has a parent")
+        .to_path_buf()
+}
+
+fn dashboard_files() -> Vec<PathBuf> {
+    let dir = repo_root().join("dashboards/grafana/dashboards");
+    let mut files: Vec<PathBuf> = fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
+        .map(|e| e.expect("a directory entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no dashboards in {}", dir.display());
+    files
+}
+
+fn load_json(path: &Path) -> Value {
+    let text =
+        fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()))
+}
+
+/// Every panel, rows' nested panels included.
+fn panels(dashboard: &Value) -> Vec<&Value> {
+    let mut out = Vec::new();
+    for p in dashboard["panels"].as_array().into_iter().flatten() {
+        out.push(p);
+        for q in p["panels"].as_array().into_iter().flatten() {
+            out.push(q);
+        }
+    }
+    out
+}
+
+/// A query of a dashboard: where it comes from and its PromQL as written.
+struct Query {
+    dashboard: String,
+    panel: String,
+    expr: String,
+    /// Whether each variant must appear in its result (its series carry `variant`).
+    per_variant: bool,
+}
+
+fn queries() -> Vec<Query> {
+    let mut out = Vec::new();
+    for file in dashboard_files() {
+        let d = load_json(&file);
+        let title = d["title"].as_str().unwrap_or("?").to_string();
+        for p in panels(&d) {
+            for t in p["targets"].as_array().into_iter().flatten() {
+                let expr = t["expr"].as_str().expect("every target has an expr");
+                out.push(Query {
+                    dashboard: title.clone(),
+                    panel: p["title"].as_str().unwrap_or("?").to_string(),
+                    expr: expr.to_string(),
+                    per_variant: t["legendFormat"]
+                        .as_str()
+                        .is_some_and(|l| l.contains("{{variant}}")),
+                });
+            }
+        }
+        for v in d["templating"]["list"].as_array().into_iter().flatten() {
+            let q = v["query"]["query"]
+                .as_str()
+                .or_else(|| v["query"].as_str())
+                .expect("a query variable has a query");
+            out.push(Query {
+                dashboard: title.clone(),
+                panel: format!("variable ${}", v["name"].as_str().unwrap_or("?")),
+                expr: variable_query(q),
+                per_variant: v["name"] == "variant",
+            });
+        }
+    }
+    out
+}
+
+/// Grafana's `label_values(METRIC, LABEL)` as the PromQL that gives the same values.
+fn variable_query(q: &str) -> String {
+    let inner = q
+        .trim()
+        .strip_prefix("label_values(")
+        .and_then(|r| r.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("unsupported variable query {q:?}"));
+    let (metric, label) = inner
+        .rsplit_once(',')
+        .unwrap_or_else(|| panic!("label_values without a label: {q:?}"));
+    format!("count by ({}) ({})", label.trim(), metric.trim())
+}
+
+/// Replaces Grafana's variables by what Grafana would send for "All variants".
+fn concrete(expr: &str) -> String {
+    let out = expr
+        .replace("$__rate_interval", RATE_INTERVAL)
+        .replace("${__rate_interval}", RATE_INTERVAL)
+        .replace("$__interval", "1s")
+        .replace("${variant:regex}", ".*")
+        .replace("${variant}", ".*")
+        .replace("$variant", ".*");
+    assert!(
+        !out.contains('$'),
+        "a Grafana variable the test does not know in {expr:?}"
+    );
+    out
+}
+
+#[test]
+fn dashboards_are_provisionable() {
+    let mut uids = BTreeSet::new();
+    for file in dashboard_files() {
+        let name = file.display().to_string();
+        let text = fs::read_to_string(&file).unwrap();
+        assert!(
+            !text.contains("${DS_") && !text.contains("__inputs"),
+            "{name}: exported-for-sharing inputs do not load under provisioning; pin the uid"
+        );
+        let d = load_json(&file);
+        let uid = d["uid"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{name}: no uid"));
+        assert!(uids.insert(uid.to_string()), "{name}: uid {uid} used twice");
+        assert!(d["title"].is_string(), "{name}: no title");
+        assert!(d.get("id").is_none_or(Value::is_null), "{name}: a fixed id");
+
+        let vars = d["templating"]["list"].as_array().expect("templating.list");
+        let variant = vars
+            .iter()
+            .find(|v| v["name"] == "variant")
+            .unwrap_or_else(|| panic!("{name}: no $variant variable"));
+        assert_eq!(
+            variant["multi"], true,
+            "{name}: $variant must be multi-select"
+        );
+        assert_eq!(variant["includeAll"], true, "{name}: $variant needs All");
+        assert_eq!(
+            variant["datasource"]["uid"], DATASOURCE_UID,
+            "{name}: $variant"
+        );
+
+        let mut ids = BTreeSet::new();
+        let mut queries = 0;
+        for p in panels(&d) {
+            let title = p["title"].as_str().unwrap_or("?");
+            let id = p["id"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("{name}: {title}: no id"));
+            assert!(ids.insert(id), "{name}: panel id {id} used twice");
+            let grid = &p["gridPos"];
+            for k in ["x", "y", "w", "h"] {
+                assert!(grid[k].is_u64(), "{name}: {title}: gridPos.{k}");
+            }
+            assert!(grid["x"].as_u64().unwrap() + grid["w"].as_u64().unwrap() <= 24);
+            if p["type"] == "row" {
+                continue;
+            }
+            assert_eq!(
+                p["datasource"]["uid"], DATASOURCE_UID,
+                "{name}: {title}: panel datasource"
+            );
+            let targets = p["targets"].as_array().expect("targets");
+            assert!(!targets.is_empty(), "{name}: {title}: no query");
+            for t in targets {
+                assert_eq!(t["datasource"]["uid"], DATASOURCE_UID, "{name}: {title}");
+                let expr = t["expr"].as_str().unwrap_or_default();
+                assert!(
+                    expr.contains("variant=~\"$variant\""),
+                    "{name}: {title}: every query follows $variant: {expr}"
+                );
+                concrete(expr);
+                queries += 1;
+            }
+        }
+        assert!(queries > 0, "{name}: no queries");
+    }
+    for uid in ["syscall-lab-variants", "syscall-lab-live"] {
+        assert!(uids.contains(uid), "dashboard {uid} is missing");
+    }
+
+    // What "Variants compared" must show, by metric.
+    let d = load_json(&repo_root().join("dashboards/grafana/dashboards/variants-compared.json"));
+    let all: String = panels(&d)
+        .iter()
+        .flat_map(|p| p["targets"].as_array().into_iter().flatten())
+        .filter_map(|t| t["expr"].as_str())
+        .collect::<Vec<_>>()
+        .join("\n");
+    for needle in [
+        "lab_http_requests_total",
+        "lab_http_request_duration_seconds_bucket",
+        "tracer_calls_total{variant=~\"$variant\",kind=\"syscall\"}",
+        "tracer_blocked_seconds_total",
+        "lab_process_cpu_seconds_total",
+        "lab_process_threads",
+        "lab_process_resident_memory_bytes",
+        "group_left",
+    ] {
+        assert!(all.contains(needle), "Variants compared lacks {needle}");
+    }
+
+    // The datasource the dashboards name is the one provisioned.
+    let ds = fs::read_to_string(
+        repo_root().join("dashboards/grafana/provisioning/datasources/prometheus.yml"),
+    )
+    .unwrap();
+    assert!(
+        ds.contains(&format!("uid: {DATASOURCE_UID}")),
+        "the provisioned datasource's uid is not {DATASOURCE_UID}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// The live test.
+
+#[test]
+fn every_dashboard_query_returns_data() {
+    assert!(
+        is_root(),
+        "this test loads eBPF programs (lab trace --backend ebpf) and must run as root; \
+         it does not skip: run `cargo test` as root"
+    );
+    let prometheus = prometheus_binary();
+    let dir = TempDir::new();
+
+    // The database: the lab's test cluster (or DATABASE_URL), stopped again if we started it.
+    let (database_url, _cluster) = database();
+
+    // The servers, one per variant.
+    let server_bin = sibling_binary("server");
+    let mut servers = Vec::new();
+    for variant in REQUIRED_VARIANTS {
+        let s = Proc::start_server(&server_bin, variant, &database_url, &dir.0)
+            .unwrap_or_else(|e| panic!("{e}"));
+        servers.push(s);
+    }
+    for variant in OPTIONAL_VARIANTS {
+        match Proc::start_server(&server_bin, variant, &database_url, &dir.0) {
+            Ok(s) => servers.push(s),
+            Err(e) => eprintln!("note: {variant} left out of this run: {e}"),
+        }
+    }
+    let variants: Vec<String> = servers.iter().map(|s| s.variant.clone()).collect();
+
+    // One tracer exporter per server.
+    let lab_bin = PathBuf::from(env!("CARGO_BIN_EXE_lab"));
+    let mut tracers = Vec::new();
+    for s in &servers {
+        tracers.push(Proc::start_tracer(&lab_bin, s, &dir.0).unwrap_or_else(|e| panic!("{e}")));
+    }
+
+    // Prometheus, scraping all of them every second.
+    let prom_port = free_port();
+    let prom_addr: SocketAddr = format!("127.0.0.1:{prom_port}").parse().unwrap();
+    let targets = |ps: &[Proc]| {
+        ps.iter()
+            .map(|p| format!("'{}'", p.addr))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let config = format!(
+        "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n\
+         scrape_configs:\n\
+         \x20 - job_name: servers\n    static_configs:\n      - targets: [{}]\n\
+         \x20 - job_name: tracer\n    static_configs:\n      - targets: [{}]\n",
+        targets(&servers),
+        targets(&tracers)
+    );
+    let config_path = dir.0.join("prometheus.yml");
+    fs::write(&config_path, config).unwrap();
+    let mut prom = Proc::spawn(
+        "prometheus",
+        Command::new(&prometheus)
+            .arg(format!("--config.file={}", config_path.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.0.join("tsdb").display()
+            ))
+            .arg(format!("--web.listen-address={prom_addr}"))
+            .arg("--log.level=warn"),
+        &dir.0,
+    );
+    prom.addr = prom_addr;
+    wait_for(Duration::from_secs(20), "Prometheus to be ready", || {
+        http_get(prom_addr, "/-/ready").is_ok_and(|(status, _)| status == 200)
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", prom.stderr_tail()));
+    let expected_up = servers.len() + tracers.len();
+    wait_for(Duration::from_secs(20), "every target to be up", || {
+        query(prom_addr, "sum(up)", None)
+            .ok()
+            .and_then(|r| r.first().map(|s| s.1))
+            .is_some_and(|v| v as usize == expected_up)
+    })
+    .unwrap_or_else(|e| panic!("{e}: {:?}", query(prom_addr, "up", None)));
+
+    // Load every server at once, and evaluate every query inside the load.
+    let loadgen_bin = sibling_binary("loadgen");
+    let mix = repo_root().join("dashboards/tfb.mix");
+    let load_started = Instant::now();
+    let mut loads: Vec<Proc> = servers
+        .iter()
+        .map(|s| {
+            Proc::spawn(
+                &format!("loadgen-{}", s.variant),
+                Command::new(&loadgen_bin)
+                    .args(["-q", "-t", "1", "-c", "8"])
+                    .arg("-d")
+                    .arg(format!("{}s", LOAD.as_secs()))
+                    .arg("--mix")
+                    .arg(&mix)
+                    .arg(format!("http://{}", s.addr)),
+                &dir.0,
+            )
+        })
+        .collect();
+    std::thread::sleep(EVALUATE_AT.saturating_sub(load_started.elapsed()));
+    let at = unix_now();
+    // Let Prometheus scrape past the instant before asking about it.
+    std::thread::sleep(Duration::from_millis(2500));
+
+    let mut failures = Vec::new();
+    let mut report = Vec::new();
+    let all_queries = queries();
+    for q in &all_queries {
+        let promql = concrete(&q.expr);
+        match query(prom_addr, &promql, Some(at)) {
+            Err(e) => failures.push(format!("[{}] {}: {e}\n  {promql}", q.dashboard, q.panel)),
+            Ok(result) if result.is_empty() => failures.push(format!(
+                "[{}] {}: no data\n  {promql}",
+                q.dashboard, q.panel
+            )),
+            Ok(result) => {
+                if q.per_variant {
+                    let seen: BTreeSet<&str> = result
+                        .iter()
+                        .filter_map(|(labels, _)| labels.get("variant").map(String::as_str))
+                        .collect();
+                    let missing: Vec<&str> = REQUIRED_VARIANTS
+                        .iter()
+                        .copied()
+                        .filter(|v| !seen.contains(v))
+                        .collect();
+                    if !missing.is_empty() {
+                        failures.push(format!(
+                            "[{}] {}: no data for {missing:?}\n  {promql}",
+                            q.dashboard, q.panel
+                        ));
+                    }
+                }
+                report.push((q, result));
+            }
+        }
+    }
+
+    // A few figures that must be positive, not merely present.
+    let find = |panel: &str| {
+        report
+            .iter()
+            .find(|(q, _)| q.panel == panel)
+            .map(|(_, r)| r.clone())
+            .unwrap_or_default()
+    };
+    for panel in [
+        "Requests/s",
+        "Syscalls per request",
+        "CPU per request",
+        "Threads",
+    ] {
+        for variant in REQUIRED_VARIANTS {
+            let v = find(panel)
+                .iter()
+                .find(|(l, _)| l.get("variant").map(String::as_str) == Some(variant))
+                .map(|(_, v)| *v);
+            if !v.is_some_and(|v| v > 0.0 && v.is_finite()) {
+                failures.push(format!(
+                    "{panel} of {variant} is {v:?}, not a positive number"
+                ));
+            }
+        }
+    }
+    // The join gives, per variant, the network and database syscalls of a request.
+    let by_category = find("Syscalls per request by category");
+    for variant in REQUIRED_VARIANTS {
+        for category in ["network", "database"] {
+            let v = by_category
+                .iter()
+                .find(|(l, _)| {
+                    l.get("variant").map(String::as_str) == Some(variant)
+                        && l.get("category").map(String::as_str) == Some(category)
+                })
+                .map(|(_, v)| *v);
+            if !v.is_some_and(|v| v > 0.0 && v.is_finite()) {
+                failures.push(format!(
+                    "syscalls per request, {category}, of {variant}: {v:?}"
+                ));
+            }
+        }
+    }
+
+    eprintln!(
+        "evaluated {} queries of {} dashboards at {at:.3} ({} variants: {})",
+        all_queries.len(),
+        dashboard_files().len(),
+        variants.len(),
+        variants.join(", ")
+    );
+    for (panel, unit) in [
+        ("Requests/s", "req/s"),
+        ("p99 latency", "s"),
+        ("CPU per request", "s"),
+        ("Syscalls per request", ""),
+        ("Off-CPU per request", "s"),
+        ("Syscalls per request by category", ""),
+    ] {
+        let mut rows: Vec<String> = find(panel)
+            .iter()
+            .map(|(l, v)| {
+                let mut name = l.get("variant").cloned().unwrap_or_default();
+                if let Some(c) = l.get("category") {
+                    name = format!("{name} {c}");
+                }
+                format!("{name}={v:.6}{unit}")
+            })
+            .collect();
+        rows.sort();
+        eprintln!("  {panel}: {}", rows.join("  "));
+    }
+
+    for l in &mut loads {
+        l.wait(Duration::from_secs(30));
+    }
+    drop(prom);
+    drop(tracers);
+    drop(servers);
+    assert!(
+        failures.is_empty(),
+        "{} of {} dashboard queries failed:\n{}",
+        failures.len(),
+        all_queries.len(),
+        failures.join("\n")
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Processes.
+
+/// A child process with its standard error in a file; killed when dropped.
+struct Proc {
+    name: String,
+    variant: String,
+    child: Child,
+    stderr: PathBuf,
+    addr: SocketAddr,
+}
+
+impl Proc {
+    fn spawn(name: &str, command: &mut Command, dir: &Path) -> Proc {
+        let stderr = dir.join(format!("{name}.stderr"));
+        let file = fs::File::create(&stderr).unwrap();
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name} ({command:?}): {e}"));
+        Proc {
+            name: name.to_string(),
+            variant: String::new(),
+            child,
+            stderr,
+            addr: "0.0.0.0:0".parse().unwrap(),
+        }
+    }
+
+    fn stderr_tail(&self) -> String {
+        let text = fs::read_to_string(&self.stderr).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(15)..].join("\n")
+    }
+
+    /// Waits for `marker` + an address on standard error.
+    fn announced(&mut self, marker: &str, limit: Duration) -> Result<SocketAddr, String> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let text = fs::read_to_string(&self.stderr).unwrap_or_default();
+            if let Some(start) = text.find(marker) {
+                let rest = &text[start + marker.len()..];
+                let end = rest
+                    .find(|c: char| c.is_whitespace() || c == '/')
+                    .unwrap_or(rest.len());
+                if let Ok(addr) = rest[..end].parse() {
+                    return Ok(addr);
+                }
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(format!(
+                    "{} exited during start-up ({status}):\n{}",
+                    self.name,
+                    self.stderr_tail()
+                ));
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "{} did not announce its address within {limit:?}:\n{}",
+                    self.name,
+                    self.stderr_tail()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    fn start_server(
+        binary: &Path,
+        variant: &str,
+        database_url: &str,
+        dir: &Path,
+    ) -> Result<Proc, String> {
+        let mut p = Proc::spawn(
+            &format!("server-{variant}"),
+            Command::new(binary)
+                .args([
+                    "--variant",
+                    variant,
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--log",
+                    "off",
+                ])
+                .args(["--database-url", database_url])
+                .env_remove("DATABASE_URL"),
+            dir,
+        );
+        p.variant = variant.to_string();
+        p.addr = p.announced("serving http://", Duration::from_secs(30))?;
+        let addr = p.addr;
+        wait_for(Duration::from_secs(30), "/health to answer 200", || {
+            http_get(addr, "/health").is_ok_and(|(status, _)| status == 200)
+        })
+        .map_err(|e| format!("server --variant {variant}: {e}\n{}", p.stderr_tail()))?;
+        Ok(p)
+    }
+
+    fn start_tracer(lab: &Path, server: &Proc, dir: &Path) -> Result<Proc, String> {
+        let mut p = Proc::spawn(
+            &format!("tracer-{}", server.variant),
+            Command::new(lab)
+                .args(["trace", "--backend", "ebpf", "--quiet"])
+                .arg("--pid")
+                .arg(server.child.id().to_string())
+                .args(["--listen", "127.0.0.1:0", "--variant", &server.variant]),
+            dir,
+        );
+        p.variant = server.variant.clone();
+        p.addr = p.announced(
+            "serving Prometheus metrics on http://",
+            Duration::from_secs(30),
+        )?;
+        Ok(p)
+    }
+
+    fn wait(&mut self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> TempDir {
+        let dir = std::env::temp_dir().join(format!(
+            "syscall-lab-dashboards-{}-{}",
+            std::process::id(),
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = fs::remove_dir_all(&self.0);
+        } else {
+            eprintln!(
+                "kept {} (standard error of every process)",
+                self.0.display()
+            );
+        }
+    }
+}
+
+/// Stops the lab's test cluster when this test started it.
+struct ClusterGuard(Option<db::Cluster>);
+
+impl Drop for ClusterGuard {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.take() {
+            let _ = c.down();
+        }
+    }
+}
+
+fn database() -> (String, ClusterGuard) {
+    match db::Database::for_tests() {
+        db::Database::External { url } => {
+            db::Database::External { url: url.clone() }
+                .ensure_ready()
+                .expect("preparing DATABASE_URL");
+            (url, ClusterGuard(None))
+        }
+        db::Database::Embedded(config) => {
+            let cluster =
+                db::Cluster::new(config.clone()).expect("PostgreSQL is needed for this test");
+            let started =
+                cluster.up().expect("starting the test cluster") == db::UpOutcome::Started;
+            (config.url(), ClusterGuard(started.then_some(cluster)))
+        }
+    }
+}
+
+fn is_root() -> bool {
+    fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(1).map(|euid| euid == "0"))
+        .unwrap_or(false)
+}
+
+fn prometheus_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("PROMETHEUS") {
+        return PathBuf::from(p);
+    }
+    for dir in std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .chain(["/usr/bin"])
+    {
+        let p = Path::new(dir).join("prometheus");
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!(
+        "no prometheus binary: this test needs Debian's prometheus package \
+         (scripts/install-deps installs it; or set PROMETHEUS=/path/to/prometheus)"
+    );
+}
+
+/// A binary of this workspace, next to the test executable (`target/<profile>/`).
+fn sibling_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let mut dir = exe.parent().unwrap().to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} not found; build the workspace's binaries first: cargo build --workspace --bins",
+        path.display()
+    );
+    path
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+fn wait_for(limit: Duration, what: &str, mut ok: impl FnMut() -> bool) -> Result<(), String> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Err(format!("timed out after {limit:?} waiting for {what}"))
+}
+
+// ---------------------------------------------------------------------------------------
+// HTTP, just enough for Prometheus's API.
+
+/// GET over HTTP/1.0 (no chunked encoding): status and body.
+fn http_get(addr: SocketAddr, target: &str) -> Result<(u16, String), String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+        .map_err(|e| format!("connecting to {addr}: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {target} HTTP/1.0\r\nHost: {addr}\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut reply = Vec::new();
+    s.read_to_end(&mut reply).map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&reply);
+    let (head, body) = text.split_once("\r\n\r\n").ok_or("no end of headers")?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or("no status")?;
+    Ok((status, body.to_string()))
+}
+
+fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+type Series = Vec<(BTreeMap<String, String>, f64)>;
+
+/// An instant query: each series' labels and value.
+fn query(prom: SocketAddr, promql: &str, at: Option<f64>) -> Result<Series, String> {
+    let mut target = format!("/api/v1/query?query={}", url_encode(promql));
+    if let Some(t) = at {
+        target.push_str(&format!("&time={t:.3}"));
+    }
+    let (status, body) = http_get(prom, &target)?;
+    let v: Value = serde_json::from_str(&body)
+        .map_err(|e| format!("HTTP {status}, not JSON ({e}): {body}"))?;
+    if v["status"] != "success" {
+        return Err(format!(
+            "HTTP {status}: {} {}",
+            v["errorType"].as_str().unwrap_or(""),
+            v["error"].as_str().unwrap_or(&body)
+        ));
+    }
+    let data = &v["data"];
+    match data["resultType"].as_str() {
+        Some("vector") => Ok(data["result"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|s| {
+                let labels = s["metric"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                    .collect();
+                let value = s["value"][1]
+                    .as_str()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(f64::NAN);
+                (labels, value)
+            })
+            .collect()),
+        Some("scalar") => Ok(vec![(
+            BTreeMap::new(),
+            data["result"][1]
+                .as_str()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(f64::NAN),
+        )]),
+        other => Err(format!("unexpected result type {other:?}")),
+    }
+}
