@@ -402,19 +402,25 @@ fn everything_the_compose_file_names_exists() {
             assert!(scraped.contains(&s), "Prometheus does not scrape {s}");
         }
     }
+    // Every Prometheus configuration of the repository (compose's and the native one).
     let promtool = tool("promtool");
-    let out = Command::new(promtool)
-        .args(["check", "config"])
-        .arg(&prom_path)
-        .output()
-        .expect("running promtool");
-    assert!(
-        out.status.success(),
-        "promtool check config {}:\n{}{}",
-        prom_path.display(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut configs = yaml_files(&root.join("dashboards/prometheus"));
+    assert!(configs.contains(&prom_path), "{}", prom_path.display());
+    configs.sort();
+    for config in configs {
+        let out = Command::new(&promtool)
+            .args(["check", "config"])
+            .arg(&config)
+            .output()
+            .expect("running promtool");
+        assert!(
+            out.status.success(),
+            "promtool check config {}:\n{}{}",
+            config.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 
     // Grafana: provisioned from dashboards/grafana, anonymous viewers, on localhost:3000.
     let g = &svcs["grafana"];

@@ -273,20 +273,25 @@ fn every_dashboard_query_returns_data() {
             .unwrap_or_else(|e| panic!("{e}"));
         servers.push(s);
     }
-    for variant in OPTIONAL_VARIANTS {
-        match Proc::start_server(&server_bin, variant, &database_url, &dir.0) {
-            Ok(s) => servers.push(s),
-            Err(e) => eprintln!("note: {variant} left out of this run: {e}"),
-        }
-    }
-    let variants: Vec<String> = servers.iter().map(|s| s.variant.clone()).collect();
-
     // One tracer exporter per server.
     let lab_bin = PathBuf::from(env!("CARGO_BIN_EXE_lab"));
     let mut tracers = Vec::new();
     for s in &servers {
         tracers.push(Proc::start_tracer(&lab_bin, s, &dir.0).unwrap_or_else(|e| panic!("{e}")));
     }
+    // The variants still being built join when both their server and its trace start.
+    for variant in OPTIONAL_VARIANTS {
+        let started = Proc::start_server(&server_bin, variant, &database_url, &dir.0)
+            .and_then(|s| Proc::start_tracer(&lab_bin, &s, &dir.0).map(|t| (s, t)));
+        match started {
+            Ok((s, t)) => {
+                servers.push(s);
+                tracers.push(t);
+            }
+            Err(e) => eprintln!("note: {variant} left out of this run: {e}"),
+        }
+    }
+    let variants: Vec<String> = servers.iter().map(|s| s.variant.clone()).collect();
 
     // Prometheus, scraping all of them every second.
     let prom_port = free_port();
