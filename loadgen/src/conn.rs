@@ -88,8 +88,9 @@ impl Conn {
         self.parser = Parser::default();
     }
 
-    /// Writes as much of the write buffer as the socket takes. Ok(true) when all is written.
-    pub fn flush(&mut self) -> io::Result<(bool, usize)> {
+    /// Writes as much of the write buffer as the socket takes (the rest goes when the socket
+    /// reports it writable again). Returns the bytes written.
+    pub fn flush(&mut self) -> io::Result<usize> {
         let mut written = 0;
         while self.woff < self.wbuf.len() {
             let rest = &self.wbuf[self.woff..];
@@ -98,7 +99,7 @@ impl Conn {
             if n < 0 {
                 let e = io::Error::last_os_error();
                 match e.raw_os_error() {
-                    Some(libc::EAGAIN) => return Ok((false, written)),
+                    Some(libc::EAGAIN) => return Ok(written),
                     Some(libc::EINTR) => continue,
                     _ => return Err(e),
                 }
@@ -108,7 +109,7 @@ impl Conn {
         }
         self.wbuf.clear();
         self.woff = 0;
-        Ok((true, written))
+        Ok(written)
     }
 
     /// One read into the free part of the buffer. Ok(0) is end of stream; WouldBlock when

@@ -227,12 +227,12 @@ impl Worker<'_> {
             }
             // Whatever is still out: after the drain deadline it has waited at least the
             // timeout; after a stop it is simply unfinished.
+            let kind = if stopped {
+                None
+            } else {
+                Some(ErrorKind::Timeout)
+            };
             for i in 0..self.conns.len() {
-                let kind = if stopped {
-                    None
-                } else {
-                    Some(ErrorKind::Timeout)
-                };
                 let inflight: Vec<InFlight> = self.conns[i].inflight.drain(..).collect();
                 for r in inflight {
                     if self.measuring(r.due) {
@@ -597,7 +597,7 @@ impl Worker<'_> {
             return;
         }
         match self.conns[i].flush() {
-            Ok((_, n)) => {
+            Ok(n) => {
                 if self.measuring(self.now) {
                     self.stats.bytes_sent += n as u64;
                 }
