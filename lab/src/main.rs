@@ -3,11 +3,10 @@
 //! This file only parses the command line and hands each subcommand to the module that
 //! owns it: `lab db ...` is [`db_cmd`], `lab trace` is the tracer crate's own CLI.
 
-mod db_cmd;
-
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use lab::db_cmd;
 
 /// syscall-lab: where a web server's syscalls and blocked time go.
 #[derive(Parser)]
@@ -25,6 +24,16 @@ enum Command {
     /// Attribute a running server's (or a started command's) syscalls, ring operations
     /// and blocked time to network, database, logging and the I/O machinery.
     Trace(tracer::cli::TraceArgs),
+    /// Run every variant under the same load while tracing it; write run.json, the HTML
+    /// report and a table.
+    Run(lab::run_cmd::RunArgs),
+    /// Rebuild the HTML report of a run and print its table.
+    Report {
+        /// The run: a results/<id> folder or its run.json.
+        run: std::path::PathBuf,
+    },
+    /// Show two runs side by side: the change per variant and category.
+    Compare(lab::compare_cmd::CompareArgs),
 }
 
 fn main() -> ExitCode {
@@ -32,6 +41,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Db(cmd) => db_cmd::run(cmd),
         Command::Trace(args) => tracer::cli::run(args),
+        Command::Run(args) => lab::run_cmd::run(args),
+        Command::Report { run } => lab::run_cmd::report(&run),
+        Command::Compare(args) => lab::compare_cmd::run(args),
     };
     match result {
         Ok(code) => code,

@@ -174,6 +174,12 @@ fn spawn_flusher(
     let thread = std::thread::Builder::new()
         .name("log-writer".into())
         .spawn(move || {
+            // SIGINT and SIGTERM are for the threads that shut the server down; delivered
+            // here, where nobody handles them, they would kill the process.
+            let mut signals = nix::sys::signal::SigSet::empty();
+            signals.add(nix::sys::signal::Signal::SIGINT);
+            signals.add(nix::sys::signal::Signal::SIGTERM);
+            let _ = signals.thread_block();
             let mut batch = Vec::with_capacity(FLUSH_EARLY_AT * 2);
             loop {
                 let last = {

@@ -293,14 +293,21 @@ fn render_process(out: &mut String, variant: &str) {
         "# HELP lab_process_context_switches_total Context switches of the server's threads."
     );
     let _ = writeln!(out, "# TYPE lab_process_context_switches_total counter");
-    for (kind, key) in [
-        ("voluntary", "voluntary_ctxt_switches:"),
-        ("involuntary", "nonvoluntary_ctxt_switches:"),
+    // getrusage counts every thread the process ever had; /proc/self/status only the
+    // main thread's switches.
+    // SAFETY: getrusage writes into the struct we pass.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    for (kind, count) in [
+        ("voluntary", usage.ru_nvcsw),
+        ("involuntary", usage.ru_nivcsw),
     ] {
         let _ = writeln!(
             out,
-            "lab_process_context_switches_total{{variant=\"{variant}\",kind=\"{kind}\"}} {}",
-            status_value(key)
+            "lab_process_context_switches_total{{variant=\"{variant}\",kind=\"{kind}\"}} {count}"
         );
     }
 }

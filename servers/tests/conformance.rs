@@ -294,7 +294,7 @@ fn metrics_and_health(variant: &str) {
         format!("lab_process_threads{{{v}}}"),
         format!("lab_process_resident_memory_bytes{{{v}}}"),
     ] {
-        assert!(text.contains(needle), "/metrics lacks {needle:?}:\n{text}");
+        assert!(text.contains(needle.as_str()), "/metrics lacks {needle:?}:\n{text}");
     }
 }
 

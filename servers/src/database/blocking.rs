@@ -186,6 +186,9 @@ impl BlockingStore for LazyConnection {
 pub struct ConnectionPool {
     idle: Mutex<Vec<LazyConnection>>,
     freed: Condvar,
+    /// Threads waiting on `freed`. std's `notify_one` makes a FUTEX_WAKE syscall whether
+    /// or not anyone waits; counting waiters saves that syscall on every request.
+    waiting: AtomicUsize,
     gauge: Arc<Gauge>,
 }
 
@@ -198,6 +201,7 @@ impl ConnectionPool {
         ConnectionPool {
             idle: Mutex::new(idle),
             freed: Condvar::new(),
+            waiting: AtomicUsize::new(0),
             gauge,
         }
     }
@@ -211,10 +215,12 @@ impl ConnectionPool {
             if let Some(connection) = idle.pop() {
                 break connection;
             }
+            self.waiting.fetch_add(1, Ordering::SeqCst);
             let (guard, timeout) = self
                 .freed
                 .wait_timeout(idle, LEASE_TIMEOUT)
                 .unwrap_or_else(|e| e.into_inner());
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
             idle = guard;
             if timeout.timed_out() && idle.is_empty() {
                 return Err(DatabaseError::Driver(
@@ -224,11 +230,13 @@ impl ConnectionPool {
         };
         drop(idle);
         let result = operation(&mut connection);
-        self.idle
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(connection);
-        self.freed.notify_one();
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        idle.push(connection);
+        // Waiters register under the lock, so none is missed by this check.
+        if self.waiting.load(Ordering::SeqCst) > 0 {
+            self.freed.notify_one();
+        }
+        drop(idle);
         result
     }
 }

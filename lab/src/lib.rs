@@ -1,0 +1,16 @@
+//! The `lab` command's library: each subcommand is one module, and [`results`] holds the
+//! types every report is made from.
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`db_cmd`] | `lab db up|down|status|url|reset` |
+//! | [`results`] | the result types of a run (`run.json`) |
+//! | [`run_cmd`] | `lab run`: every variant under load and tracing |
+//! | [`table`] | the terminal tables |
+//! | [`compare_cmd`] | `lab compare A B` |
+
+pub mod compare_cmd;
+pub mod db_cmd;
+pub mod results;
+pub mod run_cmd;
+pub mod table;

@@ -1,0 +1,297 @@
+//! The result types `lab` reports, in one place: what `lab run` writes to
+//! `results/<run-id>/run.json`, and what `lab report` and `lab compare` read back. The
+//! schema is versioned ([`SCHEMA`], [`SCHEMA_VERSION`]) and documented in
+//! `docs/run-json.md`; the load generator's report and the tracer's profile are embedded
+//! as their own crates define them (each carries its own schema name).
+
+use serde::{Deserialize, Serialize};
+
+pub const SCHEMA: &str = "syscall-lab/run";
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// The attribution categories, in the order tables and charts show them (the names are
+/// the tracer's: `tracer::Category`).
+pub const CATEGORIES: [&str; 8] = [
+    "network",
+    "database",
+    "logging",
+    "event-loop",
+    "sync",
+    "threads",
+    "memory",
+    "other",
+];
+
+/// One `lab run`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Run {
+    pub schema: String,
+    pub schema_version: u32,
+    /// `YYYYMMDD-HHMMSS`, also the folder name under `results/`.
+    pub id: String,
+    pub started_unix_s: f64,
+    pub finished_unix_s: f64,
+    pub environment: Environment,
+    pub config: RunConfig,
+    pub variants: Vec<VariantResult>,
+}
+
+/// Where the run happened.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Environment {
+    pub hostname: String,
+    pub kernel: String,
+    pub cpu_model: String,
+    pub cpus: usize,
+    pub memory_bytes: u64,
+    pub lab_version: String,
+    pub git_commit: Option<String>,
+    pub postgres: Option<String>,
+    /// How server and load generator were placed on CPUs.
+    pub pinning: String,
+    /// The tracer backend that ran (`ebpf`, `ptrace`, or `off`).
+    pub tracer_backend: String,
+    /// Anything a reader should know (a fallback taken, a limit hit).
+    pub notes: Vec<String>,
+}
+
+/// What was asked for.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RunConfig {
+    pub variants: Vec<String>,
+    /// plaintext, json, db, queries, fortunes, updates or mix.
+    pub workload: String,
+    /// The URL path (or mix) the load generator requested.
+    pub target: String,
+    pub queries: u32,
+    pub connections: u32,
+    pub duration_s: f64,
+    pub warmup_s: f64,
+    /// Open-loop rate; None for closed loop.
+    pub rate: Option<f64>,
+    /// The servers' `--log` mode.
+    pub log: String,
+    pub tracer: String,
+    pub repeat: u32,
+    pub flamegraph: bool,
+    /// Extra flags every server got (a workshop's knob).
+    #[serde(default)]
+    pub server_args: Vec<String>,
+}
+
+/// One variant across every round.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VariantResult {
+    pub variant: String,
+    pub ok: bool,
+    /// Why the variant failed (did not start, crashed, errored under load).
+    pub failure: Option<String>,
+    /// The server's last log lines, when it failed.
+    pub log_tail: Option<String>,
+    pub rounds: Vec<Round>,
+    /// Medians over rounds (None when no round completed).
+    pub summary: Option<Summary>,
+    /// Flame graph of a separate profiling phase, relative to the run folder.
+    pub flamegraph: Option<String>,
+}
+
+/// One measured window of one variant.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Round {
+    pub round: u32,
+    pub load: loadgen::Report,
+    pub profile: Option<tracer::Profile>,
+    pub process: ProcessFigures,
+}
+
+/// The server process over the measured window, from /proc.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ProcessFigures {
+    pub user_cpu_s: f64,
+    pub system_cpu_s: f64,
+    pub voluntary_switches: u64,
+    pub involuntary_switches: u64,
+    /// Threads at the end of the window.
+    pub threads: u64,
+    /// Peak resident set size of the process's life (VmHWM).
+    pub peak_rss_bytes: u64,
+}
+
+/// A median and the range it came from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Spread {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Spread {
+    pub fn of(values: &[f64]) -> Spread {
+        let mut sorted: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
+        if sorted.is_empty() {
+            return Spread::default();
+        }
+        sorted.sort_by(f64::total_cmp);
+        let n = sorted.len();
+        let median = if n % 2 == 1 {
+            sorted[n / 2]
+        } else {
+            (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
+        };
+        Spread {
+            median,
+            min: sorted[0],
+            max: sorted[n - 1],
+        }
+    }
+}
+
+/// Per-request figures of one category.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CategorySummary {
+    pub category: String,
+    pub syscalls_per_request: f64,
+    pub ring_ops_per_request: f64,
+    /// Time blocked (off-CPU, not run-queue delay) inside this category's calls, per request.
+    pub offcpu_us_per_request: f64,
+}
+
+/// What the table and the charts show for a variant: medians over rounds.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Summary {
+    pub requests: u64,
+    pub errors: u64,
+    pub requests_per_s: Spread,
+    pub p50_ms: Spread,
+    pub p99_ms: Spread,
+    /// None when the tracer was off.
+    pub syscalls_per_request: Option<Spread>,
+    pub ring_ops_per_request: Option<Spread>,
+    pub categories: Vec<CategorySummary>,
+    pub cpu_us_per_request: Spread,
+    pub context_switches_per_request: Spread,
+    pub threads: u64,
+    pub peak_rss_bytes: u64,
+}
+
+impl Summary {
+    /// Medians over the rounds of one variant.
+    pub fn of(rounds: &[Round]) -> Option<Summary> {
+        if rounds.is_empty() {
+            return None;
+        }
+        let per_round =
+            |f: &dyn Fn(&Round) -> f64| Spread::of(&rounds.iter().map(f).collect::<Vec<_>>());
+        let requests = |r: &Round| r.load.requests.max(1) as f64;
+        let traced: Vec<&Round> = rounds.iter().filter(|r| r.profile.is_some()).collect();
+        let categories = CATEGORIES
+            .iter()
+            .map(|name| {
+                let of = |f: &dyn Fn(&tracer::profile::CategoryRow) -> f64| {
+                    Spread::of(
+                        &traced
+                            .iter()
+                            .map(|r| {
+                                let profile = r.profile.as_ref().expect("filtered above");
+                                let row = profile
+                                    .categories
+                                    .iter()
+                                    .find(|c| c.category.name() == *name);
+                                row.map_or(0.0, f) / requests(r)
+                            })
+                            .collect::<Vec<_>>(),
+                    )
+                    .median
+                };
+                CategorySummary {
+                    category: name.to_string(),
+                    syscalls_per_request: of(&|c| c.syscalls.count as f64),
+                    ring_ops_per_request: of(&|c| c.ring_ops.count as f64),
+                    offcpu_us_per_request: of(&|c| {
+                        (c.syscalls.blocked_ns + c.ring_ops.blocked_ns) as f64 / 1e3
+                    }),
+                }
+            })
+            .collect();
+        let traced_spread = |f: &dyn Fn(&tracer::Profile) -> f64| {
+            (!traced.is_empty()).then(|| {
+                Spread::of(
+                    &traced
+                        .iter()
+                        .map(|r| f(r.profile.as_ref().expect("filtered above")) / requests(r))
+                        .collect::<Vec<_>>(),
+                )
+            })
+        };
+        Some(Summary {
+            requests: rounds.iter().map(|r| r.load.requests).sum(),
+            errors: rounds.iter().map(|r| r.load.errors_total).sum(),
+            requests_per_s: per_round(&|r| r.load.achieved_rps),
+            p50_ms: per_round(&|r| r.load.latency.p50_ms),
+            p99_ms: per_round(&|r| r.load.latency.p99_ms),
+            syscalls_per_request: traced_spread(&|p| p.totals.syscalls.count as f64),
+            ring_ops_per_request: traced_spread(&|p| p.totals.ring_ops.count as f64),
+            categories,
+            cpu_us_per_request: per_round(&|r| {
+                (r.process.user_cpu_s + r.process.system_cpu_s) * 1e6 / requests(r)
+            }),
+            context_switches_per_request: per_round(&|r| {
+                (r.process.voluntary_switches + r.process.involuntary_switches) as f64 / requests(r)
+            }),
+            threads: rounds.iter().map(|r| r.process.threads).max().unwrap_or(0),
+            peak_rss_bytes: rounds
+                .iter()
+                .map(|r| r.process.peak_rss_bytes)
+                .max()
+                .unwrap_or(0),
+        })
+    }
+}
+
+impl Run {
+    pub fn load(path: &std::path::Path) -> anyhow::Result<Run> {
+        use anyhow::Context;
+        let file = if path.is_dir() {
+            path.join("run.json")
+        } else {
+            path.to_path_buf()
+        };
+        let text = std::fs::read_to_string(&file)
+            .with_context(|| format!("reading {}", file.display()))?;
+        let run: Run = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a lab run.json", file.display()))?;
+        if run.schema != SCHEMA || run.schema_version != SCHEMA_VERSION {
+            anyhow::bail!(
+                "{} has schema {} v{}; this lab reads {SCHEMA} v{SCHEMA_VERSION}",
+                file.display(),
+                run.schema,
+                run.schema_version
+            );
+        }
+        Ok(run)
+    }
+
+    /// Variants that failed.
+    pub fn failed(&self) -> impl Iterator<Item = &VariantResult> {
+        self.variants.iter().filter(|v| !v.ok)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spread_takes_the_median_of_odd_and_even_counts() {
+        assert_eq!(
+            Spread::of(&[3.0, 1.0, 2.0]),
+            Spread {
+                median: 2.0,
+                min: 1.0,
+                max: 3.0
+            }
+        );
+        assert_eq!(Spread::of(&[4.0, 1.0, 2.0, 3.0]).median, 2.5);
+        assert_eq!(Spread::of(&[]), Spread::default());
+    }
+}

@@ -1,0 +1,751 @@
+//! `lab run`: the whole comparison in one command.
+//!
+//! For each variant in turn (the order rotates between rounds with `--repeat`): start
+//! the server, wait until it answers, warm it up, then one measured window in which the
+//! tracer and the load generator run together; read the server's process figures from
+//! /proc around that window; stop the server cleanly. Then write `run.json`, the HTML
+//! report and the terminal table.
+//!
+//! Placement on CPUs: with two or more CPUs the server is pinned to the first half and
+//! the load generator (which runs inside this process) to the second half, so that they
+//! do not take turns on one core; PostgreSQL is left to the scheduler. On a 2-core
+//! machine that is the server on CPU 0 and the load generator on CPU 1.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use clap::ValueEnum;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::results::{
+    Environment, ProcessFigures, Round, Run, RunConfig, Summary, VariantResult, SCHEMA,
+    SCHEMA_VERSION,
+};
+use servers::launch::{sibling_binary, LaunchOptions, ServerProcess};
+
+/// The four I/O models, in the order they are run and shown.
+pub const VARIANTS: [&str; 4] = ["thread-per-request", "thread-pool", "epoll", "io-uring"];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Workload {
+    Plaintext,
+    Json,
+    Db,
+    Queries,
+    Fortunes,
+    Updates,
+    /// The six TechEmpower endpoints in equal parts.
+    Mix,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TracerChoice {
+    /// eBPF where permitted, else ptrace (with a note).
+    Auto,
+    Ebpf,
+    Ptrace,
+    Off,
+}
+
+/// Run every variant under the same load while tracing it, and compare them.
+///
+/// Default workload: `/db` (one random row per request, so network, database and
+/// logging all show up), 32 keep-alive connections, 3 s warm-up and 10 s measured per
+/// variant, buffered request log, eBPF tracer where permitted.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// Variants to run, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = VARIANTS.map(String::from), value_parser = clap::builder::PossibleValuesParser::new(VARIANTS))]
+    pub variants: Vec<String>,
+    /// What every request asks for.
+    #[arg(long, value_enum, default_value_t = Workload::Db)]
+    pub workload: Workload,
+    /// `queries=N` for the queries and updates workloads.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=500))]
+    pub queries: u32,
+    /// Keep-alive connections of the load generator.
+    #[arg(long, short = 'c', default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub connections: u32,
+    /// Measured window per variant and round (e.g. 10s, 1m).
+    #[arg(long, short = 'd', default_value = "10s", value_parser = parse_seconds)]
+    pub duration: f64,
+    /// Load before the measured window, not counted (e.g. 3s; 0 for none).
+    #[arg(long, default_value = "3s", value_parser = parse_seconds)]
+    pub warmup: f64,
+    /// Open loop at this many requests per second (default: closed loop, as fast as the
+    /// server answers).
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// The servers' request log mode.
+    #[arg(long, default_value = "buffered", value_parser = ["sync", "buffered", "stdout", "off"])]
+    pub log: String,
+    /// Tracer backend.
+    #[arg(long, value_enum, default_value_t = TracerChoice::Auto)]
+    pub tracer: TracerChoice,
+    /// Rounds; the variant order rotates between rounds, the table shows medians.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub repeat: u32,
+    /// Folder under which `<run-id>/` is created.
+    #[arg(long, default_value = "results")]
+    pub out: PathBuf,
+    /// Also write run.json to FILE (`-` for standard output).
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Flags given to every server (after `--`), e.g. `-- --pool-size 4`.
+    #[arg(last = true, value_name = "SERVER_ARGS")]
+    pub server_args: Vec<String>,
+}
+
+fn parse_seconds(s: &str) -> Result<f64, String> {
+    loadgen::config::parse_duration(s)
+}
+
+impl Workload {
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::Plaintext => "plaintext",
+            Workload::Json => "json",
+            Workload::Db => "db",
+            Workload::Queries => "queries",
+            Workload::Fortunes => "fortunes",
+            Workload::Updates => "updates",
+            Workload::Mix => "mix",
+        }
+    }
+
+    /// The path requested, or the mix's entries.
+    fn targets(self, queries: u32) -> Vec<String> {
+        match self {
+            Workload::Plaintext => vec!["/plaintext".into()],
+            Workload::Json => vec!["/json".into()],
+            Workload::Db => vec!["/db".into()],
+            Workload::Queries => vec![format!("/queries?queries={queries}")],
+            Workload::Fortunes => vec!["/fortunes".into()],
+            Workload::Updates => vec![format!("/updates?queries={queries}")],
+            Workload::Mix => vec![
+                "/plaintext".into(),
+                "/json".into(),
+                "/db".into(),
+                format!("/queries?queries={queries}"),
+                "/fortunes".into(),
+                format!("/updates?queries={queries}"),
+            ],
+        }
+    }
+}
+
+pub fn run(args: RunArgs) -> Result<ExitCode> {
+    let run = execute(&args)?;
+    let run_dir = args.out.join(&run.id);
+    println!("{}", crate::table::render(&run));
+    eprintln!("results: {}", run_dir.join("run.json").display());
+    let failed: Vec<&str> = run.failed().map(|v| v.variant.as_str()).collect();
+    if failed.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("lab run: {} failed: {}", failed.len(), failed.join(", "));
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+/// `lab report RUN`: rebuilds the HTML report and prints the table.
+pub fn report(path: &Path) -> Result<ExitCode> {
+    let run = Run::load(path)?;
+    println!("{}", crate::table::render(&run));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs everything and writes `run.json`; returns the run.
+pub fn execute(args: &RunArgs) -> Result<Run> {
+    let started = unix_now();
+    let id = run_id();
+    let run_dir = args.out.join(&id);
+    std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
+    let server = sibling_binary("server")?;
+
+    let database = db::Database::from_env();
+    eprintln!(
+        "lab run: preparing the database ({})",
+        db::redact(&database.url())
+    );
+    let url = database.ensure_ready()?;
+
+    let mut notes = Vec::new();
+    let backend = match args.tracer {
+        TracerChoice::Off => None,
+        TracerChoice::Ebpf => {
+            tracer::privileges::check_ebpf()?;
+            Some(tracer::Backend::Ebpf)
+        }
+        TracerChoice::Ptrace => Some(tracer::Backend::Ptrace),
+        TracerChoice::Auto => match tracer::privileges::check_ebpf() {
+            Ok(_) => Some(tracer::Backend::Ebpf),
+            Err(error) => {
+                let note = format!("eBPF tracing not permitted ({error:#}); traced with ptrace, which is slower and cannot see io_uring ring operations");
+                eprintln!("lab run: note: {note}");
+                notes.push(note);
+                Some(tracer::Backend::Ptrace)
+            }
+        },
+    };
+    let placement = Placement::choose();
+    let targets = args.workload.targets(args.queries);
+    let config = RunConfig {
+        variants: args.variants.clone(),
+        workload: args.workload.name().to_string(),
+        target: targets.join(" "),
+        queries: args.queries,
+        connections: args.connections,
+        duration_s: args.duration,
+        warmup_s: args.warmup,
+        rate: args.rate,
+        log: args.log.clone(),
+        tracer: backend.map_or("off", |b| b.name()).to_string(),
+        repeat: args.repeat,
+        flamegraph: false,
+        server_args: args.server_args.clone(),
+    };
+    let environment = Environment {
+        pinning: placement.describe(),
+        tracer_backend: config.tracer.clone(),
+        notes,
+        postgres: postgres_version(&url),
+        ..environment()
+    };
+
+    const PHASES: u64 = 4;
+    let progress = ProgressBar::new(args.variants.len() as u64 * u64::from(args.repeat) * PHASES);
+    progress.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
+            .expect("a valid template")
+            .progress_chars("=> "),
+    );
+    let mut results: Vec<VariantResult> = args
+        .variants
+        .iter()
+        .map(|v| VariantResult {
+            variant: v.clone(),
+            ok: true,
+            failure: None,
+            log_tail: None,
+            rounds: Vec::new(),
+            summary: None,
+            flamegraph: None,
+        })
+        .collect();
+    for round in 0..args.repeat {
+        let count = args.variants.len();
+        for k in 0..count {
+            let index = (k + round as usize) % count;
+            let result = &mut results[index];
+            if !result.ok {
+                progress.inc(PHASES);
+                continue;
+            }
+            let step = Step {
+                args,
+                url: &url,
+                server: &server,
+                run_dir: &run_dir,
+                backend,
+                placement: &placement,
+                targets: &targets,
+                progress: &progress,
+                label: format!("{} · round {}/{}", result.variant, round + 1, args.repeat),
+            };
+            match step.measure(&result.variant, round + 1) {
+                Ok(measured) => result.rounds.push(measured),
+                Err(failure) => {
+                    progress.println(format!(
+                        "lab run: {} failed: {}",
+                        result.variant, failure.reason
+                    ));
+                    result.ok = false;
+                    result.failure = Some(failure.reason);
+                    result.log_tail = failure.log_tail;
+                }
+            }
+        }
+    }
+    progress.finish_and_clear();
+    for result in &mut results {
+        result.summary = Summary::of(&result.rounds);
+    }
+    let run = Run {
+        schema: SCHEMA.to_string(),
+        schema_version: SCHEMA_VERSION,
+        id,
+        started_unix_s: started,
+        finished_unix_s: unix_now(),
+        environment,
+        config,
+        variants: results,
+    };
+    let text = serde_json::to_string_pretty(&run)?;
+    std::fs::write(run_dir.join("run.json"), &text)?;
+    match &args.json {
+        Some(path) if path.as_os_str() == "-" => println!("{text}"),
+        Some(path) => {
+            std::fs::write(path, &text).with_context(|| format!("writing {}", path.display()))?
+        }
+        None => {}
+    }
+    Ok(run)
+}
+
+/// Why a variant failed, and what its server said last.
+struct Failure {
+    reason: String,
+    log_tail: Option<String>,
+}
+
+impl Failure {
+    fn new(reason: impl Into<String>, server: Option<&ServerProcess>) -> Self {
+        Failure {
+            reason: reason.into(),
+            log_tail: server.map(|s| s.stderr_tail(30)),
+        }
+    }
+}
+
+/// Everything one measured window needs.
+struct Step<'a> {
+    args: &'a RunArgs,
+    url: &'a str,
+    server: &'a Path,
+    run_dir: &'a Path,
+    backend: Option<tracer::Backend>,
+    placement: &'a Placement,
+    targets: &'a [String],
+    progress: &'a ProgressBar,
+    label: String,
+}
+
+impl Step<'_> {
+    fn phase(&self, name: &str) {
+        self.progress
+            .set_message(format!("{} · {name}", self.label));
+    }
+
+    fn measure(&self, variant: &str, round: u32) -> Result<Round, Failure> {
+        self.phase("starting the server");
+        let log_file = self.run_dir.join(format!("{variant}.log"));
+        let mut options = LaunchOptions::new(variant, self.url);
+        options.log = self.args.log.clone();
+        options.log_file = Some(log_file.clone());
+        options.extra_args = self.args.server_args.clone();
+        let mut server = ServerProcess::start(self.server, &options).map_err(|e| Failure {
+            reason: format!(
+                "did not start: {}",
+                e.to_string().lines().next().unwrap_or_default()
+            ),
+            log_tail: Some(format!("{e:#}")),
+        })?;
+        self.placement.pin_process(server.pid());
+        self.progress.inc(1);
+
+        self.phase("warming up");
+        if self.args.warmup > 0.0 {
+            self.load(&server, self.args.warmup, None)
+                .map_err(|e| Failure::new(e, Some(&server)))?;
+        }
+        self.progress.inc(1);
+
+        self.phase("measuring");
+        let before = read_process(server.pid(), server.addr())
+            .map_err(|e| Failure::new(format!("{e:#}"), Some(&server)))?;
+        let session = match self.backend {
+            Some(backend) => Some(
+                tracer::start(
+                    tracer::Target::Pid(server.pid() as i32),
+                    tracer::Options {
+                        backend,
+                        overrides: tracer::Overrides {
+                            db: tracer::DbEndpoint::from_url(self.url),
+                            listen_ports: vec![server.addr().port()],
+                            log_files: if self.args.log == "off" || self.args.log == "stdout" {
+                                vec![]
+                            } else {
+                                vec![log_file]
+                            },
+                        },
+                        variant: Some(variant.to_string()),
+                    },
+                )
+                .map_err(|e| {
+                    Failure::new(format!("the tracer did not start: {e:#}"), Some(&server))
+                })?,
+            ),
+            None => None,
+        };
+        let threads_seen = std::cell::Cell::new(0u64);
+        let load = self.load(&server, self.args.duration, Some(&threads_seen));
+        let profile =
+            match session {
+                Some(session) => Some(session.stop().map_err(|e| {
+                    Failure::new(format!("the tracer failed: {e:#}"), Some(&server))
+                })?),
+                None => None,
+            };
+        let after = read_process(server.pid(), server.addr())
+            .map_err(|e| Failure::new(format!("{e:#}"), Some(&server)))?;
+        let load = load.map_err(|e| Failure::new(e, Some(&server)))?;
+        self.progress.inc(1);
+
+        self.phase("stopping the server");
+        if !server.is_running() {
+            return Err(Failure::new("the server exited under load", Some(&server)));
+        }
+        let total = load.requests + load.errors_total;
+        if load.requests == 0 || load.errors_total * 100 > total {
+            let reason = format!(
+                "{} errors in {} requests under load ({:?})",
+                load.errors_total, total, load.errors
+            );
+            return Err(Failure::new(reason, Some(&server)));
+        }
+        let tail = server.stderr_tail(30);
+        match server.stop(Duration::from_secs(20)) {
+            Ok(status) if status.success() => {}
+            Ok(status) => {
+                return Err(Failure {
+                    reason: format!("exited with {status} on SIGTERM"),
+                    log_tail: Some(tail),
+                })
+            }
+            Err(e) => {
+                return Err(Failure {
+                    reason: format!("{e:#}"),
+                    log_tail: Some(tail),
+                })
+            }
+        }
+        self.progress.inc(1);
+        let profile = profile.map(|mut p| {
+            p.per_request(load.requests);
+            p
+        });
+        let mut process = after.since(&before);
+        process.threads = process.threads.max(threads_seen.get());
+        Ok(Round {
+            round,
+            load,
+            profile,
+            process,
+        })
+    }
+
+    /// Runs the load generator on this process's CPUs for `seconds`. In the measured
+    /// window, `threads_seen` keeps the most threads the server had (sampled twice a second).
+    fn load(
+        &self,
+        server: &ServerProcess,
+        seconds: f64,
+        threads_seen: Option<&std::cell::Cell<u64>>,
+    ) -> Result<loadgen::Report, String> {
+        let base = format!("http://{}", server.addr());
+        let mut config = loadgen::Config::new(format!("{base}{}", self.targets[0]));
+        if self.targets.len() > 1 {
+            config.mix = self
+                .targets
+                .iter()
+                .map(|path| loadgen::MixEntry {
+                    weight: 1,
+                    path: path.clone(),
+                })
+                .collect();
+        }
+        config.connections = self.args.connections;
+        config.threads = 1;
+        config.duration_s = seconds;
+        config.warmup_s = 0.0;
+        config.rate = self.args.rate;
+        let progress = self.progress;
+        let label = &self.label;
+        let mut last = std::time::Instant::now();
+        let pid = server.pid();
+        loadgen::run(&config, &mut |p: &loadgen::Progress| {
+            if let Some(seen) = threads_seen {
+                if last.elapsed() > Duration::from_millis(500) {
+                    progress.set_message(format!("{label} · measuring · {:.0} req/s", p.rps));
+                    // Only /proc here: a /metrics request would be traced with the load.
+                    seen.set(seen.get().max(thread_count(pid)));
+                    last = std::time::Instant::now();
+                }
+            }
+            loadgen::Control::Continue
+        })
+        .map_err(|e| format!("load generator: {e}"))
+    }
+}
+
+/// Which CPUs the server and the load generator get.
+struct Placement {
+    server: Vec<usize>,
+    load: Vec<usize>,
+}
+
+impl Placement {
+    fn choose() -> Placement {
+        let cpus: Vec<usize> = allowed_cpus();
+        if cpus.len() < 2 {
+            return Placement {
+                server: vec![],
+                load: vec![],
+            };
+        }
+        let half = cpus.len() / 2;
+        let placement = Placement {
+            server: cpus[..half].to_vec(),
+            load: cpus[half..].to_vec(),
+        };
+        // The load generator runs on this thread and the threads it starts.
+        let _ = set_affinity(0, &placement.load);
+        placement
+    }
+
+    fn describe(&self) -> String {
+        if self.server.is_empty() {
+            "none (fewer than 2 CPUs)".into()
+        } else {
+            format!(
+                "server on CPUs {:?}, load generator on CPUs {:?}, PostgreSQL unpinned",
+                self.server, self.load
+            )
+        }
+    }
+
+    /// Pins every thread the server has now; threads it starts later inherit the mask.
+    fn pin_process(&self, pid: u32) {
+        if self.server.is_empty() {
+            return;
+        }
+        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+            for task in tasks.flatten() {
+                if let Some(tid) = task
+                    .file_name()
+                    .to_str()
+                    .and_then(|t| t.parse::<i32>().ok())
+                {
+                    let _ = set_affinity(tid, &self.server);
+                }
+            }
+        }
+    }
+}
+
+fn allowed_cpus() -> Vec<usize> {
+    match nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)) {
+        Ok(set) => (0..nix::sched::CpuSet::count())
+            .filter(|&c| set.is_set(c).unwrap_or(false))
+            .collect(),
+        Err(_) => vec![],
+    }
+}
+
+fn set_affinity(tid: i32, cpus: &[usize]) -> nix::Result<()> {
+    let mut set = nix::sched::CpuSet::new();
+    for &cpu in cpus {
+        set.set(cpu)?;
+    }
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(tid), &set)
+}
+
+/// Cumulative counters of a process, to subtract.
+struct Counters {
+    user_s: f64,
+    system_s: f64,
+    voluntary: u64,
+    involuntary: u64,
+    threads: u64,
+    peak_rss_bytes: u64,
+}
+
+impl Counters {
+    fn since(&self, before: &Counters) -> ProcessFigures {
+        ProcessFigures {
+            user_cpu_s: self.user_s - before.user_s,
+            system_cpu_s: self.system_s - before.system_s,
+            voluntary_switches: self.voluntary.saturating_sub(before.voluntary),
+            involuntary_switches: self.involuntary.saturating_sub(before.involuntary),
+            threads: self.threads,
+            peak_rss_bytes: self.peak_rss_bytes,
+        }
+    }
+}
+
+/// CPU time, context switches, threads and peak RSS of the server.
+fn read_process(pid: u32, addr: std::net::SocketAddr) -> Result<Counters> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .context("the server process is gone")?;
+    let fields: Vec<&str> = stat
+        .rsplit_once(") ")
+        .map(|(_, r)| r.split(' ').collect())
+        .unwrap_or_default();
+    let field = |n: usize| {
+        fields
+            .get(n - 3)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .context("the server process is gone")?;
+    let value = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // Context switches of every thread the server ever had (threads that exited
+    // included) come from its own getrusage, through /metrics; /proc has them per live
+    // thread only.
+    let (voluntary, involuntary) = scraped_switches(addr).unwrap_or((0, 0));
+    Ok(Counters {
+        user_s: field(14) / ticks,
+        system_s: field(15) / ticks,
+        voluntary,
+        involuntary,
+        threads: field(20) as u64,
+        peak_rss_bytes: value("VmHWM:") * 1024,
+    })
+}
+
+fn thread_count(pid: u32) -> u64 {
+    std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |tasks| tasks.count() as u64)
+}
+
+/// (voluntary, involuntary) from the server's `lab_process_context_switches_total`.
+fn scraped_switches(addr: std::net::SocketAddr) -> Option<(u64, u64)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: lab\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    let value = |kind: &str| {
+        text.lines()
+            .find(|l| {
+                l.starts_with("lab_process_context_switches_total")
+                    && l.contains(&format!("kind=\"{kind}\""))
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .map(|v| v as u64)
+    };
+    Some((value("voluntary")?, value("involuntary")?))
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+fn run_id() -> String {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil_from_days(days as i64);
+    format!(
+        "{y:04}{m:02}{d:02}-{:02}{:02}{:02}",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
+}
+
+/// Gregorian date of a day number since 1970-01-01 (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+/// What the machine is, for the report.
+pub fn environment() -> Environment {
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    let cpu_model = read("/proc/cpuinfo")
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .and_then(|v| v.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_default();
+    let memory_bytes = read("/proc/meminfo")
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .unwrap_or(0)
+        * 1024;
+    let git_commit = std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    Environment {
+        hostname: read("/proc/sys/kernel/hostname").trim().to_string(),
+        kernel: read("/proc/sys/kernel/osrelease").trim().to_string(),
+        cpu_model,
+        cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        memory_bytes,
+        lab_version: env!("CARGO_PKG_VERSION").to_string(),
+        git_commit,
+        ..Environment::default()
+    }
+}
+
+fn postgres_version(url: &str) -> Option<String> {
+    let url = url.to_string();
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .ok()?
+        .block_on(async move {
+            use sqlx::Connection;
+            let mut conn = sqlx::PgConnection::connect(&url).await.ok()?;
+            sqlx::query_scalar::<_, String>("SHOW server_version")
+                .fetch_one(&mut conn)
+                .await
+                .ok()
+        })
+}
+
+/// Fails unless every variant named exists (clap checks this too; kept for callers that
+/// build `RunArgs` by hand, such as `lab workshop`).
+pub fn check_variants(variants: &[String]) -> Result<()> {
+    for v in variants {
+        if !VARIANTS.contains(&v.as_str()) {
+            bail!(
+                "unknown variant {v:?}; the variants are {}",
+                VARIANTS.join(", ")
+            );
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn days_become_dates() {
+        assert_eq!(super::civil_from_days(0), (1970, 1, 1));
+        assert_eq!(super::civil_from_days(20_413), (2025, 11, 21));
+    }
+}

@@ -1,0 +1,150 @@
+//! The terminal tables of `lab run`, `lab report` and `lab compare`.
+
+use std::fmt::Write;
+
+use crate::results::{Run, Summary, CATEGORIES};
+
+/// Short column headings for the categories.
+const SHORT: [&str; 8] = [
+    "net", "db", "log", "evloop", "sync", "threads", "mem", "other",
+];
+
+/// Three tables: throughput and process figures; syscalls per request by category;
+/// off-CPU time per request by category.
+pub fn render(run: &Run) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{} · workload {} ({}) · {} connections · {:.0} s × {} · tracer {} · log {}",
+        run.id,
+        run.config.workload,
+        run.config.target,
+        run.config.connections,
+        run.config.duration_s,
+        run.config.repeat,
+        run.config.tracer,
+        run.config.log
+    );
+    let _ = writeln!(
+        out,
+        "\n{:<20} {:>10} {:>9} {:>9} {:>10} {:>11} {:>9} {:>8} {:>8}",
+        "variant",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "errors",
+        "CPU µs/req",
+        "ctxsw/req",
+        "threads",
+        "RSS MiB"
+    );
+    for v in &run.variants {
+        match (&v.summary, v.ok) {
+            (Some(s), true) => {
+                let _ = writeln!(
+                    out,
+                    "{:<20} {:>10.0} {:>9.2} {:>9.2} {:>10} {:>11.1} {:>9.2} {:>8} {:>8.1}",
+                    v.variant,
+                    s.requests_per_s.median,
+                    s.p50_ms.median,
+                    s.p99_ms.median,
+                    s.errors,
+                    s.cpu_us_per_request.median,
+                    s.context_switches_per_request.median,
+                    s.threads,
+                    s.peak_rss_bytes as f64 / (1024.0 * 1024.0)
+                );
+            }
+            _ => {
+                let _ = writeln!(
+                    out,
+                    "{:<20} FAILED: {}",
+                    v.variant,
+                    v.failure.as_deref().unwrap_or("no round completed")
+                );
+            }
+        }
+    }
+    if run.config.tracer == "off" {
+        return out;
+    }
+    let _ = write!(
+        out,
+        "\nsyscalls per request\n{:<20} {:>7} {:>8}",
+        "variant", "total", "ring ops"
+    );
+    for short in SHORT {
+        let _ = write!(out, " {short:>7}");
+    }
+    out.push('\n');
+    for (v, s) in run
+        .variants
+        .iter()
+        .filter_map(|v| v.summary.as_ref().map(|s| (v, s)))
+    {
+        let ring = s.ring_ops_per_request.map_or(0.0, |r| r.median);
+        let total = s.syscalls_per_request.map_or(0.0, |x| x.median);
+        let _ = write!(
+            out,
+            "{:<20} {:>7} {:>8}",
+            v.variant,
+            figure(total),
+            figure(ring)
+        );
+        for name in CATEGORIES {
+            let _ = write!(out, " {:>7}", figure(category(s, name).0));
+        }
+        out.push('\n');
+    }
+    let _ = write!(
+        out,
+        "\noff-CPU µs per request (blocked inside calls)\n{:<20} {:>7}",
+        "variant", "total"
+    );
+    for short in SHORT {
+        let _ = write!(out, " {short:>7}");
+    }
+    out.push('\n');
+    for (v, s) in run
+        .variants
+        .iter()
+        .filter_map(|v| v.summary.as_ref().map(|s| (v, s)))
+    {
+        let total: f64 = s.categories.iter().map(|c| c.offcpu_us_per_request).sum();
+        let _ = write!(out, "{:<20} {:>7.1}", v.variant, total);
+        for name in CATEGORIES {
+            let _ = write!(out, " {:>7.1}", category(s, name).2);
+        }
+        out.push('\n');
+    }
+    for note in &run.environment.notes {
+        let _ = writeln!(out, "note: {note}");
+    }
+    out
+}
+
+/// A per-request figure with the digits that matter: buffered logging's 0.003 writes per
+/// request must not print as 0.00.
+pub fn figure(value: f64) -> String {
+    match value {
+        v if v == 0.0 => "0".into(),
+        v if v.abs() < 0.01 => format!("{v:.4}"),
+        v if v.abs() < 100.0 => format!("{v:.2}"),
+        v => format!("{v:.0}"),
+    }
+}
+
+/// (syscalls, ring ops, off-CPU µs) per request of a category.
+pub fn category(summary: &Summary, name: &str) -> (f64, f64, f64) {
+    summary
+        .categories
+        .iter()
+        .find(|c| c.category == name)
+        .map_or((0.0, 0.0, 0.0), |c| {
+            (
+                c.syscalls_per_request,
+                c.ring_ops_per_request,
+                c.offcpu_us_per_request,
+            )
+        })
+}
