@@ -265,7 +265,9 @@ fn dead_server_refuses_and_ends_an_n_run() {
     c.requests = Some(100);
     let r = run(&c);
     assert_eq!(r.requests, 20, "{:?}", r.errors);
-    assert_eq!(r.errors.connect_refused, 80, "{:?}", r.errors);
+    // A request written just before the server went away is reset rather than refused.
+    assert_eq!(r.errors.connect_refused + r.errors.reset, 80, "{:?}", r.errors);
+    assert!(r.errors.connect_refused >= 70, "{:?}", r.errors);
     assert_eq!(r.errors_total, 80);
     assert_eq!(r.reconnects, 0);
 }
