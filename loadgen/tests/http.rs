@@ -269,5 +269,6 @@ fn dead_server_refuses_and_ends_an_n_run() {
     assert_eq!(r.errors.connect_refused + r.errors.reset, 80, "{:?}", r.errors);
     assert!(r.errors.connect_refused >= 70, "{:?}", r.errors);
     assert_eq!(r.errors_total, 80);
-    assert_eq!(r.reconnects, 0);
+    // A connect can still land in the closing listener's backlog and count as a reconnect.
+    assert!(r.reconnects <= 2, "{}", r.reconnects);
 }
