@@ -85,9 +85,10 @@ pub fn run(args: &Args) -> Result<()> {
     let url = args.database_url();
     let (listeners, addr) = listen(args.listen, runtimes)?;
     let sizes = split_pool(args.pool_size(), runtimes);
+    let knobs = args.knobs()?;
     let pools = sizes
         .iter()
-        .map(|&size| SqlxPool::new(&url, size).map(Arc::new))
+        .map(|&size| SqlxPool::new(&url, size, knobs).map(Arc::new))
         .collect::<Result<Vec<_>>>()?;
     let all_pools: Arc<[Arc<SqlxPool>]> = pools.clone().into();
 
@@ -423,8 +424,7 @@ async fn serve_connection(socket: RingSocket, runtime: Rc<Runtime>) {
         while consumed < input.len() {
             match http1::parse(&input[consumed..]) {
                 Parsed::Complete { request, length } => {
-                    let keep_alive = request.keep_alive && !runtime.stopping.get();
-                    answer(&request, keep_alive, &runtime.store, &mut output).await;
+                    let keep_alive = answer(&request, &runtime, &mut output).await;
                     consumed += length;
                     if !keep_alive {
                         close = true;
@@ -582,28 +582,27 @@ async fn send_all(socket: &RingSocket, buffer: Vec<u8>) -> (io::Result<()>, Vec<
 }
 
 /// Answers one request: route, application, metrics, log line, framing into `out`.
-async fn answer(
-    request: &http1::Request<'_>,
-    keep_alive: bool,
-    store: &RuntimeStore,
-    out: &mut Vec<u8>,
-) {
+/// Returns whether the connection stays open: not when the client asked for a close, nor
+/// once shutdown has begun (the response then says `Connection: close`).
+async fn answer(request: &http1::Request<'_>, runtime: &Runtime, out: &mut Vec<u8>) -> bool {
     let started = Instant::now();
     let _in_flight = METRICS.start_request();
     let resolved = app::resolve(request.method, request.target);
     let response = match resolved {
-        Resolved::Route(route) => app::respond(route, store).await,
+        Resolved::Route(route) => app::respond(route, &runtime.store).await,
         Resolved::NotFound => app::Response::not_found(),
         Resolved::MethodNotAllowed => app::Response::method_not_allowed(),
     };
     let elapsed = started.elapsed();
     METRICS.record(resolved.label(), response.status, elapsed);
     logging::request(request.method, request.target, response.status, elapsed);
+    let keep_alive = request.keep_alive && !runtime.stopping.get();
     let framed = http1::Request {
         keep_alive,
         ..*request
     };
     http1::write_response(out, &response, &framed);
+    keep_alive
 }
 
 /// Logs whether the database answers at start-up, and keeps trying until it does.
