@@ -84,12 +84,92 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = LogMode::Buffered, env = "LAB_LOG")]
     pub log: LogMode,
 
+    /// Database statements prepared once per connection (`on`) or parsed anew for every
+    /// query (`off`: one more round trip per query).
+    #[arg(long, value_enum, default_value_t = OnOff::On)]
+    pub prepared: OnOff,
+
+    /// `/queries`: one query after another on one connection (`sequential`), or all at
+    /// once over several connections (`in-flight`; epoll and io-uring only).
+    #[arg(long, value_enum, default_value_t = QueriesMode::Sequential)]
+    pub queries_mode: QueriesMode,
+
+    /// `/updates`: one bulk UPDATE for all rows (`bulk`), or one UPDATE per row (`row`).
+    #[arg(long, value_enum, default_value_t = UpdatesMode::Bulk)]
+    pub updates: UpdatesMode,
+
+    /// TCP_NODELAY on client sockets (`off` lets Nagle's algorithm hold back small
+    /// writes until the previous one is acknowledged).
+    #[arg(long, value_enum, default_value_t = OnOff::On)]
+    pub nodelay: OnOff,
+
+    /// Responses written in one call (`single`), or head and body in two calls
+    /// (`split`; thread-per-request, thread-pool and io-uring: hyper always writes once).
+    #[arg(long, value_enum, default_value_t = WriteMode::Single)]
+    pub write_mode: WriteMode,
+
     /// File of the request log in `sync` and `buffered` modes.
     #[arg(long, value_name = "PATH", default_value = "server.log")]
     pub log_file: PathBuf,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OnOff {
+    On,
+    Off,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum QueriesMode {
+    Sequential,
+    InFlight,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum UpdatesMode {
+    Bulk,
+    Row,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum WriteMode {
+    Single,
+    Split,
+}
+
 impl Args {
+    /// The database knobs, checked against the variant.
+    pub fn knobs(&self) -> anyhow::Result<crate::database::Knobs> {
+        let queries_in_flight = self.queries_mode == QueriesMode::InFlight;
+        if queries_in_flight
+            && matches!(
+                self.variant,
+                Variant::ThreadPerRequest | Variant::ThreadPool
+            )
+        {
+            anyhow::bail!(
+                "--queries-mode in-flight needs an async variant (epoll or io-uring): a blocking thread waits for each answer in turn"
+            );
+        }
+        Ok(crate::database::Knobs {
+            prepared: self.prepared == OnOff::On,
+            bulk_updates: self.updates == UpdatesMode::Bulk,
+            queries_in_flight,
+        })
+    }
+
+    pub fn nodelay(&self) -> bool {
+        self.nodelay == OnOff::On
+    }
+
+    /// Whether responses go out as head and body in two writes.
+    pub fn split_writes(&self) -> anyhow::Result<bool> {
+        if self.write_mode == WriteMode::Split && self.variant == Variant::Epoll {
+            anyhow::bail!("--write-mode split is not available for epoll: hyper writes a response in one call");
+        }
+        Ok(self.write_mode == WriteMode::Split)
+    }
+
     pub fn database_url(&self) -> String {
         self.database_url
             .clone()

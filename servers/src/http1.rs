@@ -118,6 +118,13 @@ pub fn parse(buffer: &[u8]) -> Parsed<'_> {
 /// Appends a response to `out`. `request` gives the version and whether the connection
 /// stays open (a `Connection` header says so when it differs from the version's default).
 pub fn write_response(out: &mut Vec<u8>, response: &Response, request: &Request<'_>) {
+    write_head(out, response, request);
+    out.extend_from_slice(&response.body);
+}
+
+/// Appends a response's status line and headers only (`--write-mode split` sends the
+/// body in a write of its own).
+pub fn write_head(out: &mut Vec<u8>, response: &Response, request: &Request<'_>) {
     use std::io::Write;
     let date = crate::date::now();
     let _ = write!(
@@ -143,7 +150,6 @@ pub fn write_response(out: &mut Vec<u8>, response: &Response, request: &Request<
         _ => {}
     }
     out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(&response.body);
 }
 
 #[cfg(test)]

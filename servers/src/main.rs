@@ -10,6 +10,11 @@ use servers::{io, logging};
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    // Knobs that do not fit the variant are usage errors, like a wrong flag.
+    if let Err(error) = args.knobs().and_then(|_| args.split_writes()) {
+        eprintln!("server: {error}");
+        return ExitCode::from(2);
+    }
     let log_guard = match logging::init(args.log, &args.log_file) {
         Ok(guard) => guard,
         Err(error) => {

@@ -21,6 +21,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use postgres::{Client, NoTls, Statement};
 
+use super::Knobs;
 use crate::app::{bulk_update_arrays, BlockingStore, DatabaseError};
 use crate::render::{Fortune, World};
 use db::sql;
@@ -44,46 +45,111 @@ impl Gauge {
     }
 }
 
+/// The settings every blocking client connects with.
+pub struct Settings {
+    pub config: postgres::Config,
+    pub knobs: Knobs,
+}
+
+/// The configuration the blocking clients connect with.
+pub fn settings(url: &str, knobs: Knobs) -> Result<Arc<Settings>> {
+    let mut config: postgres::Config = url
+        .parse()
+        .with_context(|| format!("invalid database URL {}", db::redact(url)))?;
+    config.connect_timeout(CONNECT_TIMEOUT);
+    Ok(Arc::new(Settings { config, knobs }))
+}
+
+/// A connected client, its statements prepared once (unless the `prepared` knob is off:
+/// then each query passes its SQL text, which the `postgres` crate prepares as an
+/// unnamed statement first, one more round trip per query).
 struct Prepared {
     client: Client,
+    knobs: Knobs,
     select_world: Statement,
     select_fortunes: Statement,
     update_bulk: Statement,
+    update_one: Statement,
     ping: Statement,
 }
 
 impl Prepared {
-    fn connect(config: &postgres::Config) -> Result<Self, postgres::Error> {
-        let mut client = config.connect(NoTls)?;
+    fn connect(settings: &Settings) -> Result<Self, postgres::Error> {
+        let mut client = settings.config.connect(NoTls)?;
         Ok(Prepared {
             select_world: client.prepare(sql::SELECT_WORLD)?,
             select_fortunes: client.prepare(sql::SELECT_FORTUNES)?,
             update_bulk: client.prepare(sql::UPDATE_WORLDS_BULK)?,
+            update_one: client.prepare(sql::UPDATE_WORLD_ONE)?,
             ping: client.prepare(sql::PING)?,
+            knobs: settings.knobs,
             client,
         })
     }
 
     fn world(&mut self, id: i32) -> Result<World, postgres::Error> {
-        let row = self.client.query_one(&self.select_world, &[&id])?;
+        let row = if self.knobs.prepared {
+            self.client.query_one(&self.select_world, &[&id])?
+        } else {
+            self.client.query_one(sql::SELECT_WORLD, &[&id])?
+        };
         Ok(World {
             id: row.get(0),
             random_number: row.get(1),
         })
     }
+
+    fn fortunes(&mut self) -> Result<Vec<Fortune>, postgres::Error> {
+        let rows = if self.knobs.prepared {
+            self.client.query(&self.select_fortunes, &[])?
+        } else {
+            self.client.query(sql::SELECT_FORTUNES, &[])?
+        };
+        Ok(rows
+            .iter()
+            .map(|row| Fortune {
+                id: row.get(0),
+                message: row.get(1),
+            })
+            .collect())
+    }
+
+    fn write(&mut self, changes: &[World]) -> Result<(), postgres::Error> {
+        let (ids, numbers) = bulk_update_arrays(changes);
+        match (self.knobs.bulk_updates, self.knobs.prepared) {
+            (true, true) => self
+                .client
+                .execute(&self.update_bulk, &[&ids, &numbers])
+                .map(drop),
+            (true, false) => self
+                .client
+                .execute(sql::UPDATE_WORLDS_BULK, &[&ids, &numbers])
+                .map(drop),
+            (false, prepared) => {
+                for (id, number) in ids.iter().zip(&numbers) {
+                    if prepared {
+                        self.client.execute(&self.update_one, &[id, number])?;
+                    } else {
+                        self.client.execute(sql::UPDATE_WORLD_ONE, &[id, number])?;
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
 }
 
 /// One connection, opened on first use and reopened after a failure.
 pub struct LazyConnection {
-    config: Arc<postgres::Config>,
+    settings: Arc<Settings>,
     gauge: Arc<Gauge>,
     connection: Option<Prepared>,
 }
 
 impl LazyConnection {
-    pub fn new(config: Arc<postgres::Config>, gauge: Arc<Gauge>) -> Self {
+    pub fn new(settings: Arc<Settings>, gauge: Arc<Gauge>) -> Self {
         LazyConnection {
-            config,
+            settings,
             gauge,
             connection: None,
         }
@@ -96,7 +162,7 @@ impl LazyConnection {
         operation: impl FnOnce(&mut Prepared) -> Result<T, postgres::Error>,
     ) -> Result<T, DatabaseError> {
         if self.connection.is_none() {
-            let connection = Prepared::connect(&self.config).map_err(driver_error)?;
+            let connection = Prepared::connect(&self.settings).map_err(driver_error)?;
             self.gauge.open.fetch_add(1, Ordering::Relaxed);
             self.connection = Some(connection);
         }
@@ -130,15 +196,6 @@ fn driver_error(error: postgres::Error) -> DatabaseError {
     }
 }
 
-/// The configuration the blocking clients connect with.
-pub fn config(url: &str) -> Result<Arc<postgres::Config>> {
-    let mut config: postgres::Config = url
-        .parse()
-        .with_context(|| format!("invalid database URL {}", db::redact(url)))?;
-    config.connect_timeout(CONNECT_TIMEOUT);
-    Ok(Arc::new(config))
-}
-
 impl BlockingStore for LazyConnection {
     fn world(&mut self, id: i32) -> Result<World, DatabaseError> {
         self.run(|c| c.world(id))
@@ -149,16 +206,7 @@ impl BlockingStore for LazyConnection {
     }
 
     fn fortunes(&mut self) -> Result<Vec<Fortune>, DatabaseError> {
-        self.run(|c| {
-            let rows = c.client.query(&c.select_fortunes, &[])?;
-            Ok(rows
-                .iter()
-                .map(|row| Fortune {
-                    id: row.get(0),
-                    message: row.get(1),
-                })
-                .collect())
-        })
+        self.run(|c| c.fortunes())
     }
 
     fn update(&mut self, changes: &[World]) -> Result<Vec<World>, DatabaseError> {
@@ -166,8 +214,7 @@ impl BlockingStore for LazyConnection {
             for change in changes {
                 c.world(change.id)?;
             }
-            let (ids, numbers) = bulk_update_arrays(changes);
-            c.client.execute(&c.update_bulk, &[&ids, &numbers])?;
+            c.write(changes)?;
             Ok(changes.to_vec())
         })
     }
@@ -193,10 +240,10 @@ pub struct ConnectionPool {
 }
 
 impl ConnectionPool {
-    pub fn new(config: Arc<postgres::Config>, size: usize) -> Self {
+    pub fn new(settings: Arc<Settings>, size: usize) -> Self {
         let gauge = Arc::new(Gauge::default());
         let idle = (0..size)
-            .map(|_| LazyConnection::new(config.clone(), gauge.clone()))
+            .map(|_| LazyConnection::new(settings.clone(), gauge.clone()))
             .collect();
         ConnectionPool {
             idle: Mutex::new(idle),

@@ -21,6 +21,7 @@ use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{ConnectOptions, Connection};
 use tokio::sync::{Semaphore, SemaphorePermit};
 
+use super::Knobs;
 use crate::app::{bulk_update_arrays, AsyncStore, DatabaseError};
 use crate::render::{Fortune, World};
 use db::sql;
@@ -32,6 +33,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub struct SqlxPool {
     options: PgConnectOptions,
+    knobs: Knobs,
     idle: Mutex<Vec<PgConnection>>,
     permits: Semaphore,
     size: usize,
@@ -40,13 +42,14 @@ pub struct SqlxPool {
 impl SqlxPool {
     /// A pool of at most `size` connections, opened on first use: the server starts even
     /// when the database is down.
-    pub fn new(url: &str, size: usize) -> Result<Self> {
+    pub fn new(url: &str, size: usize, knobs: Knobs) -> Result<Self> {
         let options: PgConnectOptions = url
             .parse::<PgConnectOptions>()
             .with_context(|| format!("invalid database URL {}", db::redact(url)))?
             .disable_statement_logging();
         Ok(SqlxPool {
             options,
+            knobs,
             idle: Mutex::new(Vec::new()),
             permits: Semaphore::new(size),
             size,
@@ -114,16 +117,21 @@ fn driver_error(error: sqlx::Error) -> DatabaseError {
 impl AsyncStore for SqlxPool {
     async fn world(&self, id: i32) -> Result<World, DatabaseError> {
         let mut lease = self.acquire().await?;
-        let world = select_world(lease.conn(), id).await?;
+        let world = select_world(lease.conn(), id, self.knobs.prepared).await?;
         lease.release();
         Ok(world)
     }
 
     async fn worlds(&self, ids: &[i32]) -> Result<Vec<World>, DatabaseError> {
+        if self.knobs.queries_in_flight {
+            // Every query at once, each on a connection of its own: sqlx cannot pipeline
+            // several queries on one connection.
+            return futures_util::future::try_join_all(ids.iter().map(|&id| self.world(id))).await;
+        }
         let mut lease = self.acquire().await?;
         let mut worlds = Vec::with_capacity(ids.len());
         for &id in ids {
-            worlds.push(select_world(lease.conn(), id).await?);
+            worlds.push(select_world(lease.conn(), id, self.knobs.prepared).await?);
         }
         lease.release();
         Ok(worlds)
@@ -132,6 +140,7 @@ impl AsyncStore for SqlxPool {
     async fn fortunes(&self) -> Result<Vec<Fortune>, DatabaseError> {
         let mut lease = self.acquire().await?;
         let rows: Vec<(i32, String)> = sqlx::query_as(sql::SELECT_FORTUNES)
+            .persistent(self.knobs.prepared)
             .fetch_all(&mut *lease.conn())
             .await
             .map_err(driver_error)?;
@@ -145,15 +154,29 @@ impl AsyncStore for SqlxPool {
     async fn update(&self, changes: &[World]) -> Result<Vec<World>, DatabaseError> {
         let mut lease = self.acquire().await?;
         for change in changes {
-            select_world(lease.conn(), change.id).await?;
+            select_world(lease.conn(), change.id, self.knobs.prepared).await?;
         }
-        let (ids, numbers) = bulk_update_arrays(changes);
-        sqlx::query(sql::UPDATE_WORLDS_BULK)
-            .bind(&ids)
-            .bind(&numbers)
-            .execute(&mut *lease.conn())
-            .await
-            .map_err(driver_error)?;
+        if self.knobs.bulk_updates {
+            let (ids, numbers) = bulk_update_arrays(changes);
+            sqlx::query(sql::UPDATE_WORLDS_BULK)
+                .persistent(self.knobs.prepared)
+                .bind(&ids)
+                .bind(&numbers)
+                .execute(&mut *lease.conn())
+                .await
+                .map_err(driver_error)?;
+        } else {
+            let (ids, numbers) = bulk_update_arrays(changes);
+            for (id, number) in ids.iter().zip(&numbers) {
+                sqlx::query(sql::UPDATE_WORLD_ONE)
+                    .persistent(self.knobs.prepared)
+                    .bind(id)
+                    .bind(number)
+                    .execute(&mut *lease.conn())
+                    .await
+                    .map_err(driver_error)?;
+            }
+        }
         lease.release();
         Ok(changes.to_vec())
     }
@@ -175,8 +198,15 @@ impl AsyncStore for SqlxPool {
     }
 }
 
-async fn select_world(conn: &mut PgConnection, id: i32) -> Result<World, DatabaseError> {
+/// `prepared: false` makes sqlx parse the statement anew (an unnamed statement: a
+/// Parse/Describe round trip before the Bind/Execute one).
+async fn select_world(
+    conn: &mut PgConnection,
+    id: i32,
+    prepared: bool,
+) -> Result<World, DatabaseError> {
     let (id, random_number): (i32, i32) = sqlx::query_as(sql::SELECT_WORLD)
+        .persistent(prepared)
         .bind(id)
         .fetch_one(conn)
         .await

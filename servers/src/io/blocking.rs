@@ -45,19 +45,25 @@ pub fn listen(addr: SocketAddr) -> Result<TcpListener> {
 /// threads and the signal thread.
 pub struct Connections {
     header_timeout: Duration,
+    nodelay: bool,
+    split_writes: bool,
     stopping: AtomicBool,
     next_id: AtomicU64,
     open: Mutex<HashMap<u64, RawFd>>,
 }
 
 impl Connections {
-    pub fn new(header_timeout: Duration) -> Self {
-        Connections {
-            header_timeout,
+    /// The connection settings from the command line (header timeout, TCP_NODELAY,
+    /// `--write-mode`).
+    pub fn new(args: &crate::cli::Args) -> anyhow::Result<Self> {
+        Ok(Connections {
+            header_timeout: args.header_timeout(),
+            nodelay: args.nodelay(),
+            split_writes: args.split_writes()?,
             stopping: AtomicBool::new(false),
             next_id: AtomicU64::new(0),
             open: Mutex::default(),
-        }
+        })
     }
 
     pub fn stopping(&self) -> bool {
@@ -164,8 +170,10 @@ fn serve(
     store: &mut impl BlockingStore,
     connections: &Connections,
 ) -> io::Result<()> {
-    // Responses are written whole; Nagle would only delay them.
-    stream.set_nodelay(true)?;
+    // Responses are written whole; Nagle would only delay them (`--nodelay off` shows how).
+    if connections.nodelay {
+        stream.set_nodelay(true)?;
+    }
     stream.set_read_timeout(Some(connections.header_timeout))?;
     let mut input: Vec<u8> = Vec::with_capacity(4096);
     let mut output: Vec<u8> = Vec::with_capacity(4096);
@@ -181,7 +189,16 @@ fn serve(
             match http1::parse(&input[consumed..]) {
                 Parsed::Complete { request, length } => {
                     let response = answer(&request, store);
-                    http1::write_response(&mut output, &response, &request);
+                    if connections.split_writes {
+                        // The workshop's slow path: head and body in writes of their own,
+                        // and no batching of pipelined responses.
+                        http1::write_head(&mut output, &response, &request);
+                        stream.write_all(&output)?;
+                        output.clear();
+                        stream.write_all(&response.body)?;
+                    } else {
+                        http1::write_response(&mut output, &response, &request);
+                    }
                     consumed += length;
                     close = !request.keep_alive;
                 }

@@ -50,9 +50,10 @@ pub fn run(args: &Args) -> Result<()> {
 
 async fn serve(args: &Args) -> Result<()> {
     let url = args.database_url();
-    let store = Arc::new(SqlxPool::new(&url, args.pool_size())?);
+    let store = Arc::new(SqlxPool::new(&url, args.pool_size(), args.knobs()?)?);
     tokio::spawn(wait_for_database(store.clone(), db::redact(&url)));
 
+    args.split_writes()?;
     let listener = listen(args.listen)?;
     tracing::info!(
         "epoll variant serving http://{} with {} worker threads, up to {} database connections, log {:?}",
@@ -86,8 +87,10 @@ async fn serve(args: &Args) -> Result<()> {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _peer)) => {
-                    // Responses are written whole; Nagle would only delay them.
-                    let _ = stream.set_nodelay(true);
+                    // Responses are written whole; Nagle would only delay them (`--nodelay off` shows how).
+                    if args.nodelay() {
+                        let _ = stream.set_nodelay(true);
+                    }
                     tokio::spawn(serve_connection(http.clone(), stream, store.clone(), stop_signal.clone()));
                 }
                 Err(error) => {

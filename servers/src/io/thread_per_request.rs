@@ -23,7 +23,7 @@ use anyhow::{Context, Result};
 
 use super::blocking::{self, Connections};
 use crate::cli::Args;
-use crate::database::blocking::{config, ConnectionPool, Gauge, LazyConnection};
+use crate::database::blocking::{settings, ConnectionPool, Gauge, LazyConnection};
 
 /// Stack of a connection thread: the handler needs little, and thousands of threads
 /// must fit (the kernel only commits what is touched).
@@ -31,13 +31,13 @@ const CONNECTION_STACK: usize = 256 * 1024;
 
 pub fn run(args: &Args) -> Result<()> {
     let url = args.database_url();
-    let config = config(&url)?;
+    let config = settings(&url, args.knobs()?)?;
     let pool: &'static ConnectionPool = Box::leak(Box::new(ConnectionPool::new(
         config.clone(),
         args.pool_size(),
     )));
     let listener = blocking::listen(args.listen)?;
-    let connections = Arc::new(Connections::new(args.header_timeout()));
+    let connections = Arc::new(Connections::new(args)?);
     blocking::handle_signals(connections.clone(), &listener)?;
     blocking::wait_for_database(
         LazyConnection::new(config, Arc::new(Gauge::default())),

@@ -22,14 +22,14 @@ use anyhow::{Context, Result};
 
 use super::blocking::{self, Connections};
 use crate::cli::Args;
-use crate::database::blocking::{config, Gauge, LazyConnection};
+use crate::database::blocking::{settings, Gauge, LazyConnection};
 
 pub fn run(args: &Args) -> Result<()> {
     let url = args.database_url();
-    let config = config(&url)?;
+    let config = settings(&url, args.knobs()?)?;
     let gauge = Arc::new(Gauge::default());
     let listener = blocking::listen(args.listen)?;
-    let connections = Arc::new(Connections::new(args.header_timeout()));
+    let connections = Arc::new(Connections::new(args)?);
     blocking::handle_signals(connections.clone(), &listener)?;
     blocking::wait_for_database(
         LazyConnection::new(config.clone(), Arc::new(Gauge::default())),
