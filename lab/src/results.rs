@@ -65,6 +65,12 @@ pub struct RunConfig {
     pub target: String,
     pub queries: u32,
     pub connections: u32,
+    /// Requests in flight per connection (1: no pipelining).
+    #[serde(default)]
+    pub pipeline: u32,
+    /// A new connection for every request.
+    #[serde(default)]
+    pub connection_per_request: bool,
     pub duration_s: f64,
     pub warmup_s: f64,
     /// Open-loop rate; None for closed loop.

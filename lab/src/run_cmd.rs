@@ -74,6 +74,12 @@ pub struct RunArgs {
     /// Load before the measured window, not counted (e.g. 3s; 0 for none).
     #[arg(long, default_value = "3s", value_parser = parse_seconds)]
     pub warmup: f64,
+    /// Requests each connection sends before reading the answers (HTTP pipelining).
+    #[arg(long, short = 'p', default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub pipeline: u32,
+    /// Open a new connection for every request instead of keeping connections alive.
+    #[arg(long)]
+    pub connection_per_request: bool,
     /// Open loop at this many requests per second (default: closed loop, as fast as the
     /// server answers).
     #[arg(long)]
@@ -198,6 +204,8 @@ pub fn execute(args: &RunArgs) -> Result<Run> {
         target: targets.join(" "),
         queries: args.queries,
         connections: args.connections,
+        pipeline: args.pipeline,
+        connection_per_request: args.connection_per_request,
         duration_s: args.duration,
         warmup_s: args.warmup,
         rate: args.rate,
@@ -462,6 +470,8 @@ impl Step<'_> {
         config.duration_s = seconds;
         config.warmup_s = 0.0;
         config.rate = self.args.rate;
+        config.pipeline = self.args.pipeline;
+        config.keepalive = !self.args.connection_per_request;
         let progress = self.progress;
         let label = &self.label;
         let mut last = std::time::Instant::now();
