@@ -833,3 +833,26 @@ impl OneshotOutputTransform for Status {
         result(&cqe)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pool_is_split_with_at_least_one_connection_per_runtime() {
+        assert_eq!(split_pool(8, 2), vec![4, 4]);
+        assert_eq!(split_pool(5, 2), vec![3, 2]);
+        assert_eq!(split_pool(1, 3), vec![1, 1, 1]);
+    }
+
+    #[test]
+    fn listeners_share_the_port_the_kernel_chose() {
+        let (listeners, addr) = listen("127.0.0.1:0".parse().unwrap(), 3).unwrap();
+        assert_ne!(addr.port(), 0);
+        for listener in listeners {
+            let socket = socket2::Socket::from(listener);
+            let local = socket.local_addr().unwrap().as_socket().unwrap();
+            assert_eq!(local, addr);
+        }
+    }
+}
