@@ -84,9 +84,10 @@ const LINGER: Duration = Duration::from_secs(2);
 pub fn run(args: &Args) -> Result<()> {
     let runtimes = args.workers().max(1);
     let url = args.database_url();
+    let knobs = args.knobs()?;
+    let split_writes = args.split_writes()?;
     let (listeners, addr) = listen(args.listen, runtimes)?;
     let sizes = split_pool(args.pool_size(), runtimes);
-    let knobs = args.knobs()?;
     let pools = sizes
         .iter()
         .map(|&size| SqlxPool::new(&url, size, knobs).map(Arc::new))
@@ -109,7 +110,11 @@ pub fn run(args: &Args) -> Result<()> {
         let ready = ready.clone();
         let ended = ended.clone();
         let watch_database = (index == 0).then(|| db::redact(&url));
-        let header_timeout = args.header_timeout();
+        let options = Options {
+            header_timeout: args.header_timeout(),
+            nodelay: args.nodelay(),
+            split_writes,
+        };
         let thread = std::thread::Builder::new()
             .name(format!("uring-{index}"))
             .spawn(move || {
@@ -128,13 +133,7 @@ pub fn run(args: &Args) -> Result<()> {
                 if go_signal.recv() != Ok(true) {
                     return true;
                 }
-                runtime.block_on(serve(
-                    listener,
-                    store,
-                    header_timeout,
-                    stop_signal,
-                    watch_database,
-                ))
+                runtime.block_on(serve(listener, store, options, stop_signal, watch_database))
             })
             .context("starting a runtime thread")?;
         threads.push(thread);
@@ -277,11 +276,23 @@ async fn shutdown_signal() {
 // ---------------------------------------------------------------------------------------
 // One runtime.
 
+/// The flags a runtime needs.
+#[derive(Debug, Clone, Copy)]
+struct Options {
+    header_timeout: Duration,
+    nodelay: bool,
+    split_writes: bool,
+}
+
 /// What the tasks of one runtime share (they all run on its one thread).
 struct Runtime {
     store: RuntimeStore,
     /// `--header-timeout`.
     header_timeout: Duration,
+    /// `--nodelay`: TCP_NODELAY on accepted sockets.
+    nodelay: bool,
+    /// `--write-mode split`: each response's head and body in SENDs of their own.
+    split_writes: bool,
     stopping: Cell<bool>,
     stop: Notify,
     connections: Cell<usize>,
@@ -335,13 +346,15 @@ impl Drop for ConnectionGuard {
 async fn serve(
     listener: OwnedFd,
     store: RuntimeStore,
-    header_timeout: Duration,
+    options: Options,
     mut stop: watch::Receiver<bool>,
     watch_database: Option<String>,
 ) -> bool {
     let runtime = Rc::new(Runtime {
         store,
-        header_timeout,
+        header_timeout: options.header_timeout,
+        nodelay: options.nodelay,
+        split_writes: options.split_writes,
         stopping: Cell::new(false),
         stop: Notify::new(),
         connections: Cell::new(0),
@@ -368,9 +381,11 @@ async fn accept_loop(listener: RingSocket, runtime: Rc<Runtime>) {
                 accept = listener.accept();
                 match accepted {
                     Ok(socket) => {
-                        // Responses are written whole; Nagle would only delay them. The one
-                        // syscall a connection makes outside the ring.
-                        socket.set_nodelay();
+                        // Responses are written whole; Nagle would only delay them (`--nodelay
+                        // off` shows how). The one syscall a connection makes outside the ring.
+                        if runtime.nodelay {
+                            socket.set_nodelay();
+                        }
                         tokio_uring::spawn(serve_connection(socket, runtime.clone()));
                     }
                     Err(error) => {
@@ -425,7 +440,29 @@ async fn serve_connection(socket: RingSocket, runtime: Rc<Runtime>) {
         while consumed < input.len() {
             match http1::parse(&input[consumed..]) {
                 Parsed::Complete { request, length } => {
-                    let keep_alive = answer(&request, &runtime, &mut output).await;
+                    let (response, keep_alive) = answer(&request, &runtime).await;
+                    let framed = http1::Request {
+                        keep_alive,
+                        ..request
+                    };
+                    if runtime.split_writes {
+                        // `--write-mode split`: head and body in two SENDs of their own.
+                        http1::write_head(&mut output, &response, &framed);
+                        let (mut sent, buffer) = send_all(&socket, output).await;
+                        output = buffer;
+                        output.clear();
+                        if sent.is_ok() {
+                            output.extend_from_slice(&response.body);
+                            let (body_sent, buffer) = send_all(&socket, output).await;
+                            (sent, output) = (body_sent, buffer);
+                            output.clear();
+                        }
+                        if sent.is_err() {
+                            break 'connection End::Close;
+                        }
+                    } else {
+                        http1::write_response(&mut output, &response, &framed);
+                    }
                     consumed += length;
                     if !keep_alive {
                         close = true;
@@ -582,10 +619,10 @@ async fn send_all(socket: &RingSocket, buffer: Vec<u8>) -> (io::Result<()>, Vec<
     (Ok(()), buffer)
 }
 
-/// Answers one request: route, application, metrics, log line, framing into `out`.
-/// Returns whether the connection stays open: not when the client asked for a close, nor
-/// once shutdown has begun (the response then says `Connection: close`).
-async fn answer(request: &http1::Request<'_>, runtime: &Runtime, out: &mut Vec<u8>) -> bool {
+/// Answers one request: route, application, metrics, log line. Also returns whether the
+/// connection stays open: not when the client asked for a close, nor once shutdown has
+/// begun (the response then says `Connection: close`).
+async fn answer(request: &http1::Request<'_>, runtime: &Runtime) -> (app::Response, bool) {
     let started = Instant::now();
     let _in_flight = METRICS.start_request();
     let resolved = app::resolve(request.method, request.target);
@@ -598,12 +635,7 @@ async fn answer(request: &http1::Request<'_>, runtime: &Runtime, out: &mut Vec<u
     METRICS.record(resolved.label(), response.status, elapsed);
     logging::request(request.method, request.target, response.status, elapsed);
     let keep_alive = request.keep_alive && !runtime.stopping.get();
-    let framed = http1::Request {
-        keep_alive,
-        ..*request
-    };
-    http1::write_response(out, &response, &framed);
-    keep_alive
+    (response, keep_alive)
 }
 
 /// Logs whether the database answers at start-up, and keeps trying until it does.
