@@ -294,7 +294,10 @@ fn metrics_and_health(variant: &str) {
         format!("lab_process_threads{{{v}}}"),
         format!("lab_process_resident_memory_bytes{{{v}}}"),
     ] {
-        assert!(text.contains(needle.as_str()), "/metrics lacks {needle:?}:\n{text}");
+        assert!(
+            text.contains(needle.as_str()),
+            "/metrics lacks {needle:?}:\n{text}"
+        );
     }
 }
 
@@ -457,4 +460,9 @@ macro_rules! conformance {
     )*};
 }
 
-conformance!(epoll => "epoll", thread_per_request => "thread-per-request", thread_pool => "thread-pool");
+conformance!(
+    epoll => "epoll",
+    thread_per_request => "thread-per-request",
+    thread_pool => "thread-pool",
+    io_uring => "io-uring",
+);
