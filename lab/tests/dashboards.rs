@@ -131,13 +131,19 @@ fn variable_query(q: &str) -> String {
 
 /// Replaces Grafana's variables by what Grafana would send for "All variants".
 fn concrete(expr: &str) -> String {
+    concrete_for(expr, ".*")
+}
+
+/// Replaces Grafana's variables, `$variant` by `variants` (Grafana sends a multi-select
+/// as a regex alternation: `(epoll|thread-pool)`).
+fn concrete_for(expr: &str, variants: &str) -> String {
     let out = expr
         .replace("$__rate_interval", RATE_INTERVAL)
         .replace("${__rate_interval}", RATE_INTERVAL)
         .replace("$__interval", "1s")
-        .replace("${variant:regex}", ".*")
-        .replace("${variant}", ".*")
-        .replace("$variant", ".*");
+        .replace("${variant:regex}", variants)
+        .replace("${variant}", variants)
+        .replace("$variant", variants);
     assert!(
         !out.contains('$'),
         "a Grafana variable the test does not know in {expr:?}"
@@ -393,6 +399,31 @@ fn every_dashboard_query_returns_data() {
                     }
                 }
                 report.push((q, result));
+            }
+        }
+    }
+
+    // Picking two variants in $variant shows those two and no other.
+    let picked = ["epoll", "thread-pool"];
+    let regex = format!("({})", picked.join("|"));
+    for q in all_queries
+        .iter()
+        .filter(|q| q.per_variant && !q.panel.starts_with("variable "))
+    {
+        let promql = concrete_for(&q.expr, &regex);
+        match query(prom_addr, &promql, Some(at)) {
+            Err(e) => failures.push(format!("[{}] {}: {e}\n  {promql}", q.dashboard, q.panel)),
+            Ok(result) => {
+                let seen: BTreeSet<&str> = result
+                    .iter()
+                    .filter_map(|(labels, _)| labels.get("variant").map(String::as_str))
+                    .collect();
+                if seen != BTreeSet::from(picked) {
+                    failures.push(format!(
+                        "[{}] {}: $variant={regex} shows {seen:?}\n  {promql}",
+                        q.dashboard, q.panel
+                    ));
+                }
             }
         }
     }
