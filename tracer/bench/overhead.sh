@@ -41,7 +41,7 @@ for r in $(seq "$ROUNDS"); do
   taskset -c "$LCPU" "$BIN/lab-trace" --pid $SP -q --json /tmp/overhead-ebpf.json & T=$!; sleep 1
   add ebpf "$(load)"; kill -INT $T; wait $T
   add untraced "$(load)"
-  taskset -c "$LCPU" bpftrace -q -e "tracepoint:raw_syscalls:sys_enter /pid == $SP/ { @[args->id] = count(); }" >/dev/null & T=$!; sleep 3
+  taskset -c "$LCPU" bpftrace -q -e "tracepoint:raw_syscalls:sys_enter /pid == $SP/ { @[args->id] = count(); }" >/dev/null 2>&1 & T=$!; sleep 3
   add bpftrace "$(load)"; kill -INT $T; wait $T || true
   taskset -c "$LCPU" strace -f -c -o /tmp/overhead-strace.txt -p $SP 2>/dev/null & T=$!; sleep 1
   add strace "$(load)"; kill -INT $T; wait $T || true
@@ -54,8 +54,14 @@ spawn_run() { # $1 = label, rest = command prefix
   "$@" >/dev/null 2>&1 & local P=$!
   wait_up
   add "$label" "$(load)"
-  kill -INT $P 2>/dev/null || true; wait $P 2>/dev/null || true
-  pkill -f "listen 127.0.0.1:$PORT" 2>/dev/null || true; sleep 0.5
+  if [[ $label == spawn-strace ]]; then
+    # strace running a command blocks fatal signals (-I3): stop the server instead.
+    pkill -TERM -f "^$BIN/server " || true
+  else
+    kill -INT $P 2>/dev/null || true   # lab-trace stops its child; plain server stops
+  fi
+  wait $P 2>/dev/null || true
+  pkill -KILL -f "^$BIN/server " 2>/dev/null || true; sleep 0.5
 }
 for r in $(seq "$ROUNDS"); do
   echo "round $r (spawn)"
