@@ -353,6 +353,40 @@ mod tests {
         assert_eq!(p.finish_at_eof().status, 200);
     }
 
+    /// Random bytes and random cuts and mutations of valid responses: never a panic, and
+    /// every call consumes within bounds.
+    #[test]
+    fn arbitrary_input_never_panics() {
+        let mut rng = crate::schedule::Rng::new(42);
+        let valid: [&[u8]; 3] = [
+            OK,
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            b"HTTP/1.0 404 N\r\nConnection: keep-alive\r\nContent-Length: 3\r\n\r\nabc",
+        ];
+        for round in 0..20_000 {
+            let mut data: Vec<u8> = if round % 2 == 0 {
+                (0..rng.below(300)).map(|_| rng.below(256) as u8).collect()
+            } else {
+                let mut d = valid[rng.below(3) as usize].repeat(1 + rng.below(3) as usize);
+                for _ in 0..rng.below(4) {
+                    let i = rng.below(d.len() as u64) as usize;
+                    d[i] = rng.below(256) as u8;
+                }
+                d
+            };
+            data.truncate(rng.below(data.len() as u64 + 1) as usize);
+            let mut p = Parser::default();
+            let mut pos = 0;
+            while let Ok((n, done)) = p.feed(&data[pos..]) {
+                assert!(pos + n <= data.len());
+                pos += n;
+                if done.is_none() {
+                    break;
+                }
+            }
+        }
+    }
+
     #[test]
     fn malformed() {
         for bad in [

@@ -179,6 +179,7 @@ impl Worker<'_> {
                 break;
             }
             self.dispatch();
+            self.flush_dirty();
             let live = &self.shared.live[self.id];
             live.requests.store(self.stats.requests, Ordering::Relaxed);
             live.errors
@@ -558,7 +559,33 @@ impl Worker<'_> {
         while self.conns[i].inflight.len() < self.depth && self.may_issue(now) {
             self.issue(i, now);
         }
-        self.flush(i);
+        self.mark_dirty(i);
+    }
+
+    /// Queues the connection's new requests for the write burst at the end of this wake-up.
+    /// Writing all connections' requests back to back (rather than each right after its
+    /// response was read) hands the server its work in one burst, as wrk's loop does.
+    fn mark_dirty(&mut self, i: usize) {
+        let c = &mut self.conns[i];
+        if !c.dirty && !c.wbuf.is_empty() {
+            c.dirty = true;
+            self.dirty.push(i as u32);
+        }
+    }
+
+    fn flush_dirty(&mut self) {
+        let mut list = std::mem::take(&mut self.dirty);
+        for &i in &list {
+            let i = i as usize;
+            self.conns[i].dirty = false;
+            if self.conns[i].state == State::Open {
+                self.flush(i);
+            }
+        }
+        list.clear();
+        // Connections re-marked while flushing (after a reconnect) wait for the next round.
+        list.append(&mut self.dirty);
+        self.dirty = list;
     }
 
     fn may_issue(&self, due: u64) -> bool {
@@ -629,15 +656,8 @@ impl Worker<'_> {
                 c.queued = true;
                 self.ready.push_back(i as u32);
             }
-            if !c.dirty {
-                c.dirty = true;
-                self.dirty.push(i as u32);
-            }
+            self.mark_dirty(i);
             next = self.sched.as_ref().map_or(u64::MAX, Schedule::peek);
-        }
-        while let Some(i) = self.dirty.pop() {
-            self.conns[i as usize].dirty = false;
-            self.flush(i as usize);
         }
     }
 }

@@ -266,7 +266,12 @@ fn dead_server_refuses_and_ends_an_n_run() {
     let r = run(&c);
     assert_eq!(r.requests, 20, "{:?}", r.errors);
     // A request written just before the server went away is reset rather than refused.
-    assert_eq!(r.errors.connect_refused + r.errors.reset, 80, "{:?}", r.errors);
+    assert_eq!(
+        r.errors.connect_refused + r.errors.reset,
+        80,
+        "{:?}",
+        r.errors
+    );
     assert!(r.errors.connect_refused >= 70, "{:?}", r.errors);
     assert_eq!(r.errors_total, 80);
     // A connect can still land in the closing listener's backlog and count as a reconnect.
