@@ -8,9 +8,13 @@
 //! | [`run_cmd`] | `lab run`: every variant under load and tracing |
 //! | [`table`] | the terminal tables |
 //! | [`compare_cmd`] | `lab compare A B` |
+//! | [`syscost`] | `lab syscost`: what single system calls cost here |
+//! | [`workshop`] | `lab workshop N`: the workshop exercises, their before/after and expected effects |
 
 pub mod compare_cmd;
 pub mod db_cmd;
 pub mod results;
 pub mod run_cmd;
+pub mod syscost;
 pub mod table;
+pub mod workshop;

@@ -34,6 +34,10 @@ enum Command {
     },
     /// Show two runs side by side: the change per variant and category.
     Compare(lab::compare_cmd::CompareArgs),
+    /// What single system calls cost on this machine (ns per call), and how many each makes.
+    Syscost(lab::syscost::SyscostArgs),
+    /// Run a workshop exercise: its before and after, the comparison, the expected effect.
+    Workshop(lab::workshop::WorkshopArgs),
 }
 
 fn main() -> ExitCode {
@@ -44,6 +48,8 @@ fn main() -> ExitCode {
         Command::Run(args) => lab::run_cmd::run(args),
         Command::Report { run } => lab::run_cmd::report(&run),
         Command::Compare(args) => lab::compare_cmd::run(args),
+        Command::Syscost(args) => lab::syscost::run(args),
+        Command::Workshop(args) => lab::workshop::run(args),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,850 @@
+//! `lab workshop`: the exercises of the workshops on reducing syscalls, defined once.
+//!
+//! [`EXERCISES`] is the single table: for each exercise its number, name, doc page, the
+//! "before" and "after" runs (same workload, one knob turned) and the expected effect as
+//! data ([`Expectation`]: which figure moves, which way, by how much). `lab workshop N`
+//! runs both with [`run_exercise`], prints `lab compare`'s table and checks the effect;
+//! the integration test `lab/tests/workshops.rs` calls the same function and asserts the
+//! same checks, and `lab workshop --all --rounds 3` prints the ranges the pages in
+//! `docs/workshop/` quote. Docs, command and test read one table, so they cannot drift.
+//!
+//! Every expectation is about counts per request (syscalls, ring operations, calls by
+//! name), never about time: counts are stable from run to run, times are not.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+
+use crate::compare_cmd::{self, Comparison};
+use crate::results::{Run, VariantResult};
+use crate::run_cmd::{RunArgs, TracerChoice, Workload};
+use crate::syscost::{Syscost, SyscostArgs};
+
+/// Run a workshop exercise's before and after, show the difference and check it.
+#[derive(Debug, Clone, clap::Args)]
+pub struct WorkshopArgs {
+    /// The exercise (see --list).
+    #[arg(required_unless_present_any = ["list", "all"])]
+    pub exercise: Option<u32>,
+    /// List the exercises.
+    #[arg(long)]
+    pub list: bool,
+    /// Run every exercise and print the measured figures as a table for the docs.
+    #[arg(long, conflicts_with = "exercise")]
+    pub all: bool,
+    /// With --all: run each exercise this many times and print the range of the figures.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=20))]
+    pub rounds: u32,
+    /// Measured window of each run (e.g. 5s).
+    #[arg(long, short = 'd', default_value = "3s", value_parser = parse_seconds)]
+    pub duration: f64,
+    /// Load before each measured window, not counted.
+    #[arg(long, default_value = "1s", value_parser = parse_seconds)]
+    pub warmup: f64,
+    /// Folder under which the runs' `<run-id>/` folders are created.
+    #[arg(long, default_value = "results/workshop")]
+    pub out: PathBuf,
+    /// Write the outcome (both runs, the comparison, the checks) as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+}
+
+fn parse_seconds(s: &str) -> Result<f64, String> {
+    loadgen::config::parse_duration(s)
+}
+
+/// One side of an exercise: what `lab run` is asked for.
+#[derive(Debug, Clone, Copy)]
+pub struct Setup {
+    /// What this side shows, e.g. "--log sync".
+    pub label: &'static str,
+    pub variant: &'static str,
+    pub workload: Workload,
+    pub queries: u32,
+    pub connections: u32,
+    pub pipeline: u32,
+    pub connection_per_request: bool,
+    pub log: &'static str,
+    pub tracer: TracerChoice,
+    pub server_args: &'static [&'static str],
+}
+
+impl Setup {
+    /// /plaintext on epoll, 8 keep-alive connections, buffered log, eBPF.
+    const fn base(label: &'static str) -> Setup {
+        Setup {
+            label,
+            variant: "epoll",
+            workload: Workload::Plaintext,
+            queries: 5,
+            connections: 8,
+            pipeline: 1,
+            connection_per_request: false,
+            log: "buffered",
+            tracer: TracerChoice::Ebpf,
+            server_args: &[],
+        }
+    }
+
+    pub fn run_args(&self, settings: &Settings) -> RunArgs {
+        RunArgs {
+            variants: vec![self.variant.to_string()],
+            workload: self.workload,
+            queries: self.queries,
+            connections: self.connections,
+            duration: settings.duration,
+            warmup: settings.warmup,
+            pipeline: self.pipeline,
+            connection_per_request: self.connection_per_request,
+            rate: None,
+            log: self.log.to_string(),
+            tracer: self.tracer,
+            repeat: 1,
+            export: false,
+            out: settings.out.clone(),
+            json: None,
+            server_args: self.server_args.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    /// The `lab run` command line of this side, for the docs and the printout.
+    pub fn command(&self) -> String {
+        let mut c = format!(
+            "lab run --variants {} --workload {}",
+            self.variant,
+            self.workload.name()
+        );
+        if matches!(self.workload, Workload::Queries | Workload::Updates) {
+            let _ = write!(c, " --queries {}", self.queries);
+        }
+        let _ = write!(c, " -c {}", self.connections);
+        if self.pipeline > 1 {
+            let _ = write!(c, " --pipeline {}", self.pipeline);
+        }
+        if self.connection_per_request {
+            c.push_str(" --connection-per-request");
+        }
+        let _ = write!(c, " --log {}", self.log);
+        let tracer = match self.tracer {
+            TracerChoice::Auto => "auto",
+            TracerChoice::Ebpf => "ebpf",
+            TracerChoice::Ptrace => "ptrace",
+            TracerChoice::Off => "off",
+        };
+        let _ = write!(c, " --tracer {tracer}");
+        if !self.server_args.is_empty() {
+            let _ = write!(c, " -- {}", self.server_args.join(" "));
+        }
+        c
+    }
+}
+
+/// A figure of one run, per request.
+#[derive(Debug, Clone, Copy, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Figure {
+    /// Syscalls of one category (ring operations not included).
+    Syscalls(&'static str),
+    /// Every syscall.
+    AllSyscalls,
+    /// Every io_uring ring operation.
+    RingOps,
+    /// One syscall by name, whatever its category.
+    Call(&'static str),
+}
+
+impl Figure {
+    pub fn describe(&self) -> String {
+        match self {
+            Figure::Syscalls(c) => format!("{c} syscalls/request"),
+            Figure::AllSyscalls => "syscalls/request".into(),
+            Figure::RingOps => "ring ops/request".into(),
+            Figure::Call(name) => format!("{name} calls/request"),
+        }
+    }
+
+    /// The figure in a variant's result: the median over rounds.
+    pub fn of(&self, v: &VariantResult) -> Option<f64> {
+        let summary = v.summary.as_ref()?;
+        let category = |name: &str| {
+            summary
+                .categories
+                .iter()
+                .find(|c| c.category == name)
+                .map(|c| (c.syscalls_per_request, c.ring_ops_per_request))
+        };
+        match self {
+            Figure::Syscalls(c) => category(c).map(|c| c.0),
+            Figure::AllSyscalls => summary.syscalls_per_request.map(|s| s.median),
+            Figure::RingOps => summary.ring_ops_per_request.map(|s| s.median),
+            Figure::Call(name) => {
+                let per_round: Vec<f64> = v
+                    .rounds
+                    .iter()
+                    .filter_map(|r| {
+                        let p = r.profile.as_ref()?;
+                        let n: u64 = p
+                            .calls
+                            .iter()
+                            .filter(|c| c.kind == tracer::Kind::Syscall && c.name == *name)
+                            .map(|c| c.stats.count)
+                            .sum();
+                        Some(n as f64 / r.load.requests.max(1) as f64)
+                    })
+                    .collect();
+                (!per_round.is_empty()).then(|| crate::results::Spread::of(&per_round).median)
+            }
+        }
+    }
+}
+
+/// How a figure must move from before to after.
+#[derive(Debug, Clone, Copy, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Bound {
+    /// after ≤ before × r (e.g. 0.1: at least ten times fewer).
+    AtMostTimes(f64),
+    /// before − after ≥ d.
+    DropsBy(f64),
+    /// after − before ≥ d.
+    RisesBy(f64),
+    /// lo ≤ after / before ≤ hi (the figure stays about the same).
+    RatioWithin(f64, f64),
+    /// before ≥ x (the "before" really shows the effect).
+    BeforeAtLeast(f64),
+    /// before ≤ x.
+    BeforeAtMost(f64),
+    /// after ≥ x.
+    AfterAtLeast(f64),
+    /// after ≤ x.
+    AfterAtMost(f64),
+}
+
+impl Bound {
+    pub fn holds(&self, before: f64, after: f64) -> bool {
+        match *self {
+            Bound::AtMostTimes(r) => after <= before * r,
+            Bound::DropsBy(d) => before - after >= d,
+            Bound::RisesBy(d) => after - before >= d,
+            Bound::RatioWithin(lo, hi) => before > 0.0 && (lo..=hi).contains(&(after / before)),
+            Bound::BeforeAtLeast(x) => before >= x,
+            Bound::BeforeAtMost(x) => before <= x,
+            Bound::AfterAtLeast(x) => after >= x,
+            Bound::AfterAtMost(x) => after <= x,
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match *self {
+            Bound::AtMostTimes(r) if r < 1.0 => format!("after ≤ before / {:.0}", 1.0 / r),
+            Bound::AtMostTimes(r) => format!("after ≤ before × {r}"),
+            Bound::DropsBy(d) => format!("falls by ≥ {d}"),
+            Bound::RisesBy(d) => format!("rises by ≥ {d}"),
+            Bound::RatioWithin(lo, hi) => format!("after / before in [{lo}, {hi}]"),
+            Bound::BeforeAtLeast(x) => format!("before ≥ {x}"),
+            Bound::BeforeAtMost(x) => format!("before ≤ {x}"),
+            Bound::AfterAtLeast(x) => format!("after ≥ {x}"),
+            Bound::AfterAtMost(x) => format!("after ≤ {x}"),
+        }
+    }
+}
+
+/// One expected effect.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Expectation {
+    pub figure: Figure,
+    pub bound: Bound,
+}
+
+const fn expect(figure: Figure, bound: Bound) -> Expectation {
+    Expectation { figure, bound }
+}
+
+/// What an exercise runs.
+#[derive(Debug, Clone, Copy)]
+pub enum Plan {
+    /// `lab syscost --verify`: the cost of single calls, and the syscalls each makes.
+    Syscost,
+    /// Two `lab run`s, one knob apart.
+    BeforeAfter {
+        before: Setup,
+        after: Setup,
+        expect: &'static [Expectation],
+    },
+}
+
+/// One exercise.
+#[derive(Debug, Clone, Copy)]
+pub struct Exercise {
+    pub number: u32,
+    /// Short name (also the doc page's name).
+    pub slug: &'static str,
+    pub title: &'static str,
+    /// The knob, in one line.
+    pub knob: &'static str,
+    pub plan: Plan,
+}
+
+impl Exercise {
+    pub fn doc(&self) -> String {
+        format!("docs/workshop/{:02}-{}.md", self.number, self.slug)
+    }
+}
+
+/// Every exercise, in the order of the workshop.
+pub const EXERCISES: &[Exercise] = &[
+    Exercise {
+        number: 1,
+        slug: "cost-of-a-syscall",
+        title: "What a system call costs",
+        knob: "none: lab syscost times single calls and counts the syscalls each makes",
+        plan: Plan::Syscost,
+    },
+    Exercise {
+        number: 2,
+        slug: "reading-an-attribution",
+        title: "Reading an attribution",
+        knob: "--workload plaintext → db: one database query per request",
+        plan: Plan::BeforeAfter {
+            before: Setup::base("/plaintext"),
+            after: Setup {
+                workload: Workload::Db,
+                ..Setup::base("/db")
+            },
+            expect: &[
+                expect(Figure::Syscalls("database"), Bound::BeforeAtMost(0.05)),
+                expect(Figure::Syscalls("database"), Bound::AfterAtLeast(1.5)),
+                expect(Figure::Syscalls("network"), Bound::RatioWithin(0.6, 1.6)),
+            ],
+        },
+    },
+    Exercise {
+        number: 3,
+        slug: "logging",
+        title: "Logging: one write per request, or one per 100 ms",
+        knob: "server --log sync → buffered",
+        plan: Plan::BeforeAfter {
+            before: Setup {
+                log: "sync",
+                ..Setup::base("--log sync")
+            },
+            after: Setup::base("--log buffered"),
+            expect: &[
+                expect(Figure::Syscalls("logging"), Bound::BeforeAtLeast(0.9)),
+                expect(Figure::Syscalls("logging"), Bound::AtMostTimes(0.1)),
+            ],
+        },
+    },
+    Exercise {
+        number: 4,
+        slug: "prepared-statements",
+        title: "Database round trips: prepared statements",
+        knob: "server --prepared off → on (/queries?queries=5)",
+        plan: Plan::BeforeAfter {
+            before: Setup {
+                workload: Workload::Queries,
+                server_args: &["--prepared", "off"],
+                ..Setup::base("--prepared off")
+            },
+            after: Setup {
+                workload: Workload::Queries,
+                server_args: &["--prepared", "on"],
+                ..Setup::base("--prepared on")
+            },
+            // One round trip (a sendto and a recvfrom) fewer for each of the 5 queries.
+            expect: &[expect(Figure::Syscalls("database"), Bound::DropsBy(6.0))],
+        },
+    },
+    Exercise {
+        number: 5,
+        slug: "bulk-updates",
+        title: "Database round trips: one UPDATE instead of N",
+        knob: "server --updates row → bulk (/updates?queries=5)",
+        plan: Plan::BeforeAfter {
+            before: Setup {
+                workload: Workload::Updates,
+                server_args: &["--updates", "row"],
+                ..Setup::base("--updates row")
+            },
+            after: Setup {
+                workload: Workload::Updates,
+                server_args: &["--updates", "bulk"],
+                ..Setup::base("--updates bulk")
+            },
+            // N-1 = 4 statements fewer, each a round trip.
+            expect: &[expect(Figure::Syscalls("database"), Bound::DropsBy(6.0))],
+        },
+    },
+    Exercise {
+        number: 6,
+        slug: "keep-alive",
+        title: "The network path: a connection per request, or keep-alive",
+        knob: "lab run --connection-per-request → keep-alive",
+        plan: Plan::BeforeAfter {
+            before: Setup {
+                connection_per_request: true,
+                ..Setup::base("--connection-per-request")
+            },
+            after: Setup::base("keep-alive"),
+            expect: &[
+                expect(Figure::Call("accept4"), Bound::BeforeAtLeast(0.9)),
+                expect(Figure::Call("accept4"), Bound::AfterAtMost(0.05)),
+                expect(Figure::Call("close"), Bound::BeforeAtLeast(0.9)),
+                expect(Figure::Call("close"), Bound::AfterAtMost(0.05)),
+                expect(Figure::Syscalls("network"), Bound::DropsBy(2.0)),
+            ],
+        },
+    },
+    Exercise {
+        number: 7,
+        slug: "pipelining",
+        title: "The network path: pipelining",
+        knob: "lab run --pipeline 1 → 16",
+        plan: Plan::BeforeAfter {
+            before: Setup::base("--pipeline 1"),
+            after: Setup {
+                pipeline: 16,
+                ..Setup::base("--pipeline 16")
+            },
+            expect: &[expect(
+                Figure::Syscalls("network"),
+                Bound::AtMostTimes(0.25),
+            )],
+        },
+    },
+    Exercise {
+        number: 8,
+        slug: "split-writes",
+        title: "The network path: one write per response, not two",
+        knob: "server --write-mode split → single (thread-pool)",
+        plan: Plan::BeforeAfter {
+            before: Setup {
+                variant: "thread-pool",
+                server_args: &["--write-mode", "split"],
+                ..Setup::base("--write-mode split")
+            },
+            after: Setup {
+                variant: "thread-pool",
+                server_args: &["--write-mode", "single"],
+                ..Setup::base("--write-mode single")
+            },
+            expect: &[expect(Figure::Syscalls("network"), Bound::DropsBy(0.8))],
+        },
+    },
+    Exercise {
+        number: 9,
+        slug: "threads",
+        title: "Threads: one per connection, or a pool",
+        knob: "--variants thread-per-request → thread-pool (a connection per request)",
+        plan: Plan::BeforeAfter {
+            before: Setup {
+                variant: "thread-per-request",
+                connection_per_request: true,
+                ..Setup::base("thread-per-request")
+            },
+            after: Setup {
+                variant: "thread-pool",
+                connection_per_request: true,
+                ..Setup::base("thread-pool")
+            },
+            expect: &[
+                expect(Figure::Syscalls("threads"), Bound::BeforeAtLeast(0.9)),
+                expect(Figure::Syscalls("threads"), Bound::AtMostTimes(0.1)),
+            ],
+        },
+    },
+    Exercise {
+        number: 10,
+        slug: "io-uring",
+        title: "io_uring: operations without syscalls",
+        knob: "--variants epoll → io-uring (SQPOLL: pending, no --sqpoll flag yet)",
+        plan: Plan::BeforeAfter {
+            before: Setup::base("epoll"),
+            after: Setup {
+                variant: "io-uring",
+                ..Setup::base("io-uring")
+            },
+            expect: &[
+                expect(Figure::Syscalls("network"), Bound::BeforeAtLeast(1.5)),
+                expect(Figure::Syscalls("network"), Bound::AfterAtMost(0.2)),
+                expect(Figure::RingOps, Bound::AfterAtLeast(1.5)),
+            ],
+        },
+    },
+    Exercise {
+        number: 11,
+        slug: "observer-effect",
+        title: "The observer effect: eBPF against ptrace",
+        knob: "lab run --tracer ebpf → ptrace (same server)",
+        plan: Plan::BeforeAfter {
+            // 8 workers for 8 connections: ptrace attaches to every thread, and the
+            // default 128 idle workers make attaching slow for nothing.
+            before: Setup {
+                variant: "thread-pool",
+                server_args: &["--workers", "8"],
+                ..Setup::base("--tracer ebpf")
+            },
+            after: Setup {
+                variant: "thread-pool",
+                tracer: TracerChoice::Ptrace,
+                server_args: &["--workers", "8"],
+                ..Setup::base("--tracer ptrace")
+            },
+            // The same calls are counted (the tracer changes the time, not the program).
+            expect: &[expect(
+                Figure::Syscalls("network"),
+                Bound::RatioWithin(0.8, 1.25),
+            )],
+        },
+    },
+];
+
+pub fn exercise(number: u32) -> Result<&'static Exercise> {
+    EXERCISES
+        .iter()
+        .find(|e| e.number == number)
+        .with_context(|| {
+            format!(
+                "no exercise {number}; the exercises are 1 to {} (lab workshop --list)",
+                EXERCISES.len()
+            )
+        })
+}
+
+/// How long each run lasts and where it goes.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub duration: f64,
+    pub warmup: f64,
+    pub out: PathBuf,
+}
+
+impl Settings {
+    /// The integration test's settings: 2 s windows, 1 s warm-up.
+    pub fn short(out: PathBuf) -> Settings {
+        Settings {
+            duration: 2.0,
+            warmup: 1.0,
+            out,
+        }
+    }
+}
+
+/// One checked expectation.
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub what: String,
+    pub rule: String,
+    pub before: f64,
+    pub after: f64,
+    pub pass: bool,
+}
+
+/// What running an exercise produced.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    pub number: u32,
+    pub title: String,
+    pub before: Option<Run>,
+    pub after: Option<Run>,
+    pub comparison: Option<Comparison>,
+    pub syscost: Option<Syscost>,
+    pub checks: Vec<Check>,
+}
+
+impl Outcome {
+    pub fn passed(&self) -> bool {
+        !self.checks.is_empty() && self.checks.iter().all(|c| c.pass)
+    }
+
+    pub fn render_checks(&self) -> String {
+        let mut out = String::new();
+        for c in &self.checks {
+            let _ = writeln!(
+                out,
+                "{} {:<34} {:>9.3} → {:<9.3} ({})",
+                if c.pass { "PASS" } else { "FAIL" },
+                c.what,
+                c.before,
+                c.after,
+                c.rule
+            );
+        }
+        out
+    }
+}
+
+/// Runs exercise `number`'s before and after and checks its expected effect.
+pub fn run_exercise(number: u32, settings: &Settings) -> Result<Outcome> {
+    let ex = exercise(number)?;
+    match ex.plan {
+        Plan::Syscost => {
+            let args = SyscostArgs {
+                iterations: 20_000,
+                batches: 5,
+                verify: true,
+                ..SyscostArgs::default()
+            };
+            let s = crate::syscost::measure(&args)?;
+            let mut checks = Vec::new();
+            for e in &s.entries {
+                let traced = e.traced_syscalls_per_call.unwrap_or(f64::NAN);
+                let (rule, pass) = if e.expected_syscalls_per_call == 0.0 {
+                    ("traced ≤ 0.01 per call".to_string(), traced <= 0.01)
+                } else {
+                    (
+                        format!(
+                            "traced in [{}, {}] per call",
+                            e.expected_syscalls_per_call * 0.99,
+                            e.expected_syscalls_per_call * 1.05
+                        ),
+                        traced >= e.expected_syscalls_per_call * 0.99
+                            && traced <= e.expected_syscalls_per_call * 1.05,
+                    )
+                };
+                checks.push(Check {
+                    what: format!("{}: syscalls per call", e.name),
+                    rule,
+                    before: e.expected_syscalls_per_call,
+                    after: traced,
+                    pass,
+                });
+                checks.push(Check {
+                    what: format!("{}: ns per call", e.name),
+                    rule: "measured (> 0)".into(),
+                    before: e.ns_per_call.median,
+                    after: e.ns_per_call.median,
+                    pass: e.ns_per_call.median > 0.0,
+                });
+            }
+            Ok(Outcome {
+                number,
+                title: ex.title.into(),
+                before: None,
+                after: None,
+                comparison: None,
+                syscost: Some(s),
+                checks,
+            })
+        }
+        Plan::BeforeAfter {
+            before,
+            after,
+            expect,
+        } => {
+            std::fs::create_dir_all(&settings.out)
+                .with_context(|| format!("creating {}", settings.out.display()))?;
+            let b = run_side(&before, settings)?;
+            // Run ids are whole seconds: make sure the after run gets a folder of its own.
+            std::thread::sleep(std::time::Duration::from_millis(1100));
+            let a = run_side(&after, settings)?;
+            let mut comparison = compare_cmd::compare(&b, &a);
+            // Different variants on the two sides (threads, io_uring): compare them anyway.
+            if before.variant != after.variant {
+                let mut a2 = a.clone();
+                for v in &mut a2.variants {
+                    v.variant = before.variant.to_string();
+                }
+                comparison = compare_cmd::compare(&b, &a2);
+                for v in &mut comparison.variants {
+                    v.variant = format!("{} → {}", before.variant, after.variant);
+                }
+            }
+            let vb = &b.variants[0];
+            let va = &a.variants[0];
+            let checks = expect
+                .iter()
+                .map(|e| {
+                    let fb = e.figure.of(vb).unwrap_or(f64::NAN);
+                    let fa = e.figure.of(va).unwrap_or(f64::NAN);
+                    Check {
+                        what: e.figure.describe(),
+                        rule: e.bound.describe(),
+                        before: fb,
+                        after: fa,
+                        pass: e.bound.holds(fb, fa),
+                    }
+                })
+                .collect();
+            Ok(Outcome {
+                number,
+                title: ex.title.into(),
+                before: Some(b),
+                after: Some(a),
+                comparison: Some(comparison),
+                syscost: None,
+                checks,
+            })
+        }
+    }
+}
+
+fn run_side(setup: &Setup, settings: &Settings) -> Result<Run> {
+    let args = setup.run_args(settings);
+    crate::run_cmd::check_variants(&args.variants)?;
+    if setup.tracer == TracerChoice::Ebpf {
+        tracer::privileges::check_ebpf().context(
+            "the workshops trace with eBPF: run as root (or with CAP_BPF and CAP_PERFMON)",
+        )?;
+    }
+    let run = crate::run_cmd::execute(&args)?;
+    if let Some(failed) = run.failed().next() {
+        bail!(
+            "{} ({}) failed: {}\n{}",
+            failed.variant,
+            setup.label,
+            failed.failure.as_deref().unwrap_or("?"),
+            failed.log_tail.as_deref().unwrap_or("")
+        );
+    }
+    Ok(run)
+}
+
+pub fn list() -> String {
+    let mut out = String::new();
+    for e in EXERCISES {
+        let _ = writeln!(out, "{:>2}  {:<52} {}", e.number, e.title, e.doc());
+        let _ = writeln!(out, "    knob: {}", e.knob);
+        if let Plan::BeforeAfter { before, after, .. } = e.plan {
+            let _ = writeln!(out, "    before: {}", before.command());
+            let _ = writeln!(out, "    after:  {}", after.command());
+        } else {
+            let _ = writeln!(out, "    lab syscost --verify");
+        }
+    }
+    out
+}
+
+pub fn run(args: WorkshopArgs) -> Result<ExitCode> {
+    if args.list {
+        print!("{}", list());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let settings = Settings {
+        duration: args.duration,
+        warmup: args.warmup,
+        out: args.out.clone(),
+    };
+    if args.all {
+        return measure_all(&settings, args.rounds, args.json.as_deref());
+    }
+    let number = args.exercise.expect("clap requires it");
+    let ex = exercise(number)?;
+    eprintln!("lab workshop {number}: {} ({})", ex.title, ex.doc());
+    let outcome = run_exercise(number, &settings)?;
+    if let Some(s) = &outcome.syscost {
+        print!("{}", crate::syscost::render(s));
+    }
+    if let Some(c) = &outcome.comparison {
+        if let Plan::BeforeAfter { before, after, .. } = ex.plan {
+            println!(
+                "before: {}\nafter:  {}\n",
+                before.command(),
+                after.command()
+            );
+        }
+        print!("{}", compare_cmd::render(c));
+    }
+    println!("\nexpected effect of exercise {number} ({}):", ex.knob);
+    print!("{}", outcome.render_checks());
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&outcome)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if outcome.passed() {
+        println!("PASS");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!("FAIL: the effect is not what the exercise expects (see above)");
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+/// `lab workshop --all`: every exercise `rounds` times; prints a Markdown table of each
+/// checked figure (before → after, min–max over rounds) for the docs.
+fn measure_all(
+    settings: &Settings,
+    rounds: u32,
+    json: Option<&std::path::Path>,
+) -> Result<ExitCode> {
+    let mut outcomes = Vec::new();
+    let mut all_pass = true;
+    for ex in EXERCISES {
+        for round in 1..=rounds {
+            eprintln!(
+                "lab workshop --all: exercise {} round {round}/{rounds}",
+                ex.number
+            );
+            match run_exercise(ex.number, settings) {
+                Ok(o) => {
+                    all_pass &= o.passed();
+                    outcomes.push(o);
+                }
+                Err(e) => {
+                    all_pass = false;
+                    eprintln!("lab workshop --all: exercise {} failed: {e:#}", ex.number);
+                }
+            }
+        }
+    }
+    let env = crate::run_cmd::environment();
+    let mut out = format!(
+        "Measured with `lab workshop --all --rounds {rounds} --duration {}s --warmup {}s` on {} ({} CPUs, Linux {}), unix time {:.0}\n\n",
+        settings.duration,
+        settings.warmup,
+        env.cpu_model,
+        env.cpus,
+        env.kernel,
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64())
+    );
+    out.push_str(
+        "| exercise | figure | before | after | expected | pass |\n|---|---|---|---|---|---|\n",
+    );
+    for ex in EXERCISES {
+        let mine: Vec<&Outcome> = outcomes.iter().filter(|o| o.number == ex.number).collect();
+        let Some(first) = mine.first() else { continue };
+        for (i, c) in first.checks.iter().enumerate() {
+            let range = |f: &dyn Fn(&Check) -> f64| {
+                let v: Vec<f64> = mine.iter().filter_map(|o| o.checks.get(i)).map(f).collect();
+                let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+                let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                if (hi - lo).abs() < 0.0005 {
+                    format!("{lo:.3}")
+                } else {
+                    format!("{lo:.3}–{hi:.3}")
+                }
+            };
+            let passes = mine
+                .iter()
+                .filter(|o| o.checks.get(i).is_some_and(|c| c.pass))
+                .count();
+            let _ = writeln!(
+                out,
+                "| {} {} | {} | {} | {} | {} | {}/{} |",
+                ex.number,
+                ex.slug,
+                c.what,
+                range(&|c| c.before),
+                range(&|c| c.after),
+                c.rule,
+                passes,
+                mine.len()
+            );
+        }
+    }
+    print!("{out}");
+    if let Some(path) = json {
+        std::fs::write(path, serde_json::to_string_pretty(&outcomes)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(if all_pass {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
