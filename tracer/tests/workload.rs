@@ -56,7 +56,7 @@ fn start_workload() -> Workload {
         .spawn()
         .unwrap();
     let child = Reap(child);
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(30);
     let port = loop {
         if let Ok(s) = std::fs::read_to_string(&port_file) {
             if let Ok(p) = s.trim().parse() {
@@ -239,7 +239,7 @@ fn ptrace_spawn_with_seccomp_counts_request_io() {
         variant: None,
     };
     let session = start(Target::Command(cmd), o).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(30);
     let port: u16 = loop {
         if let Some(p) = std::fs::read_to_string(&port_file)
             .ok()
@@ -297,7 +297,7 @@ fn ebpf_off_cpu_time_of_a_blocking_read_goes_to_its_category() {
         std::thread::sleep(Duration::from_millis(d));
         c.write_all(b"x").unwrap();
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(30);
     while !session.target_exited() {
         assert!(Instant::now() < deadline, "block did not exit");
         std::thread::sleep(Duration::from_millis(20));
@@ -374,17 +374,32 @@ fn exporter_serves_prometheus_metrics() {
             ])
             .args(["--db", &format!("127.0.0.1:{}", w.db_port)])
             .args(["--listen", &format!("127.0.0.1:{port}")])
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap(),
     );
-    std::thread::sleep(Duration::from_millis(500));
+    // Attached and serving once it says so on stderr.
+    let mut err = std::io::BufReader::new(child.0.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("serving Prometheus metrics") {
+        line.clear();
+        use std::io::BufRead;
+        assert!(
+            err.read_line(&mut line).unwrap() > 0,
+            "lab-trace ended early"
+        );
+    }
     drive(w.port, 1, 100);
     let want = "tracer_calls_total{category=\"network\",syscall=\"recvfrom\",kind=\"syscall\",backend=\"ebpf\",variant=\"test\"} 1";
     // The exporter refreshes every second: poll.
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        // Not listening yet while the BPF programs load: retry.
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+            assert!(Instant::now() < deadline, "the exporter never listened");
+            std::thread::sleep(Duration::from_millis(200));
+            continue;
+        };
         s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
             .unwrap();
         let mut body = String::new();
@@ -414,7 +429,7 @@ fn ebpf_sees_ring_operations_on_client_sockets_as_network() {
             .spawn()
             .unwrap(),
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(30);
     let port: u16 = loop {
         if let Some(p) = std::fs::read_to_string(&port_file)
             .ok()

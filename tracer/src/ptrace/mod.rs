@@ -6,6 +6,10 @@
 //!   returns RET_TRACE only for the syscalls of interest (fd I/O, waits, futex: see
 //!   [`traced_syscalls`]); every other syscall runs at full speed and is not counted.
 //!
+//! All ptrace requests and waits come from one worker thread, the tracer of every tracee;
+//! its waits use `__WNOTHREAD` so that they never reap other children of the process (the
+//! lab's own, or another session's tracees).
+//!
 //! fds are classified from /proc at the stop ([`classify`]). Ring operations are
 //! invisible (they never pass through a syscall) and off-CPU time is not measured; the
 //! profile says so. Timing includes the cost of the stops themselves.
@@ -44,10 +48,53 @@ pub fn traced_syscalls() -> Vec<u32> {
             name != "execve"
                 && !name.starts_with("sys_")
                 && (flags & !syscalls::NORET != 0
-                    || matches!(cat, Category::EventLoop | Category::Sync))
+                    || matches!(cat, Category::EventLoop | Category::Sync)
+                    || NEW_FD.contains(&name.as_str())
+                    || NEW_FDS.contains(&name.as_str()))
         })
         .collect()
 }
+
+/// Calls that return a new fd: the number may have been something else before, so its
+/// cached category is dropped.
+const NEW_FD: &[&str] = &[
+    "accept",
+    "accept4",
+    "socket",
+    "open",
+    "openat",
+    "openat2",
+    "creat",
+    "dup",
+    "dup2",
+    "dup3",
+    "fcntl",
+    "eventfd",
+    "eventfd2",
+    "epoll_create",
+    "epoll_create1",
+    "timerfd_create",
+    "signalfd",
+    "signalfd4",
+    "memfd_create",
+    "pidfd_open",
+    "pidfd_getfd",
+    "io_uring_setup",
+    "inotify_init",
+    "inotify_init1",
+    "fanotify_init",
+    "userfaultfd",
+    "open_by_handle_at",
+];
+/// Calls that create fds without returning them (or close many): forget every cached one.
+const NEW_FDS: &[&str] = &[
+    "pipe",
+    "pipe2",
+    "socketpair",
+    "close_range",
+    "recvmsg",
+    "execve",
+];
 
 fn seccomp_filter() -> Result<Vec<libc::sock_filter>> {
     use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, TargetArch};
@@ -114,6 +161,10 @@ struct Tracer {
     socks: SockCache,
     threads: HashMap<i32, Thread>,
     stats: HashMap<(String, u32, Category), Stats>,
+    /// Categories of fds already classified (only definite ones: a socket not yet
+    /// connected or a file not yet known as the log is looked up again). Dropped when the
+    /// number is closed or handed out again, so that /proc is read once per fd, not per call.
+    fd_cache: HashMap<i32, Category>,
     /// Per epoll fd: how many fds of network, database, logging, other it covers.
     epoll: HashMap<i32, [i32; 4]>,
     exited: bool,
@@ -160,6 +211,7 @@ pub(crate) fn run(
         threads: HashMap::new(),
         stats: HashMap::new(),
         epoll: HashMap::new(),
+        fd_cache: HashMap::new(),
         exited: false,
         ctx,
     };
@@ -242,7 +294,7 @@ pub(crate) fn run(
             last_refresh = Instant::now();
             t.ctx.refresh(pid);
         }
-        match waitpid(None, Some(WaitPidFlag::__WALL)) {
+        match waitpid(None, Some(WaitPidFlag::__WALL | WaitPidFlag::__WNOTHREAD)) {
             Ok(ws) => t.handle(ws),
             Err(Errno::EINTR) => {}
             Err(Errno::ECHILD) => {
@@ -310,7 +362,9 @@ fn spawn(cmd: &[std::ffi::OsString]) -> Result<i32> {
     let filter = seccomp_filter()?;
     let pid = fork_held(&argv, &Hold::Ptrace(filter))?;
     let p = Pid::from_raw(pid);
-    match waitpid(p, Some(WaitPidFlag::__WALL)).context("waiting for the child to stop")? {
+    match waitpid(p, Some(WaitPidFlag::__WALL | WaitPidFlag::__WNOTHREAD))
+        .context("waiting for the child to stop")?
+    {
         WaitStatus::Stopped(_, Signal::SIGSTOP) => {}
         other => bail!("the child did not stop as expected: {other:?}"),
     }
@@ -411,6 +465,15 @@ impl Tracer {
         role_of(th.comm.as_deref().unwrap_or(""))
     }
 
+    fn classify(&mut self, fd: i32) -> Option<Category> {
+        if let Some(c) = self.fd_cache.get(&fd) {
+            return Some(*c);
+        }
+        let c = self.socks.classify(self.pid, fd, &self.ctx)?;
+        self.fd_cache.insert(fd, c);
+        Some(c)
+    }
+
     fn on_entry(&mut self, tid: i32, nr: u32, args: [u64; 6]) {
         let name = syscalls::name(nr);
         let (mut cat, flags) = class_of(&name);
@@ -420,7 +483,7 @@ impl Tracer {
         } else if flags & syscalls::EPOLL_CTL != 0 {
             let (epfd, op, fd) = (args[0] as i32, args[1] as i32, args[2] as i32);
             if op == libc::EPOLL_CTL_ADD || op == libc::EPOLL_CTL_DEL {
-                if let Some(slot) = slot(self.socks.classify(pid, fd, &self.ctx)) {
+                if let Some(slot) = slot(self.classify(fd)) {
                     let n = self.epoll.entry(epfd).or_default();
                     n[slot] += if op == libc::EPOLL_CTL_ADD { 1 } else { -1 };
                 }
@@ -428,7 +491,7 @@ impl Tracer {
         } else if flags & syscalls::POLL != 0 {
             if args[1] == 1 {
                 if let Some(fd) = read_i32(pid, args[0]) {
-                    if let Some(c) = self.socks.classify(pid, fd, &self.ctx) {
+                    if let Some(c) = self.classify(fd) {
                         cat = c;
                     }
                 }
@@ -441,10 +504,11 @@ impl Tracer {
                 }
             }
         } else if flags & syscalls::FD0 != 0 {
-            if let Some(c) = self.socks.classify(pid, args[0] as i32, &self.ctx) {
+            if let Some(c) = self.classify(args[0] as i32) {
                 cat = c;
             }
             if flags & syscalls::CLOSE != 0 {
+                self.fd_cache.remove(&(args[0] as i32));
                 self.epoll.remove(&(args[0] as i32));
             }
         }
@@ -472,6 +536,12 @@ impl Tracer {
         };
         let dur = e.ts.elapsed().as_nanos() as u64;
         let mut cat = e.cat;
+        let name = syscalls::name(e.nr);
+        if ret >= 0 && NEW_FD.contains(&name.as_str()) {
+            self.fd_cache.remove(&(ret as i32));
+        } else if NEW_FDS.contains(&name.as_str()) {
+            self.fd_cache.clear();
+        }
         if e.flags & syscalls::LISTEN != 0 && ret == 0 {
             // Only now is the socket in /proc/net/tcp (bound sockets are not listed).
             if let Some(port) = self.socks.local_port(self.pid, e.arg0 as i32) {
@@ -481,7 +551,7 @@ impl Tracer {
         if e.flags & syscalls::RET_FD != 0 && ret >= 0 {
             // The log file may have just been created.
             self.ctx.refresh_log_ids();
-            if let Some(c) = self.socks.classify(self.pid, ret as i32, &self.ctx) {
+            if let Some(c) = self.classify(ret as i32) {
                 cat = c;
             }
         }
@@ -542,7 +612,7 @@ impl Tracer {
         }
         let deadline = Instant::now() + Duration::from_secs(3);
         while !self.threads.is_empty() && Instant::now() < deadline {
-            match waitpid(None, Some(WaitPidFlag::__WALL)) {
+            match waitpid(None, Some(WaitPidFlag::__WALL | WaitPidFlag::__WNOTHREAD)) {
                 Ok(WaitStatus::Stopped(tid, sig)) => {
                     let s = (sig != Signal::SIGSTOP).then_some(sig);
                     let _ = ptrace::detach(tid, s);
@@ -585,7 +655,7 @@ impl Tracer {
                 let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
                 killed = true;
             }
-            match waitpid(None, Some(WaitPidFlag::__WALL)) {
+            match waitpid(None, Some(WaitPidFlag::__WALL | WaitPidFlag::__WNOTHREAD)) {
                 Ok(WaitStatus::Exited(p, _)) | Ok(WaitStatus::Signaled(p, _, _)) if p == pid => {
                     return
                 }
