@@ -4,6 +4,7 @@
 //! | module | owns |
 //! |---|---|
 //! | [`db_cmd`] | `lab db up|down|status|url|reset` |
+//! | [`report`] | the HTML report of a run (`report.html`) |
 //! | [`results`] | the result types of a run (`run.json`) |
 //! | [`run_cmd`] | `lab run`: every variant under load and tracing |
 //! | [`table`] | the terminal tables |
@@ -13,6 +14,7 @@
 
 pub mod compare_cmd;
 pub mod db_cmd;
+pub mod report;
 pub mod results;
 pub mod run_cmd;
 pub mod syscost;
