@@ -77,7 +77,12 @@ run_one() {
             "$LOADGEN" -q -t1 -c"$conns" -p"$depth" -d"$DURATION" --json "$work/lg.json" "$URL" >"$out"
         t1=$(server_ticks)
         python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(r["requests"], r["duration_s"], end=" ")' "$work/lg.json"
-        echo "$(awk '{print $1 + $2}' "$work/time") $(( t1 - t0 )) $(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["errors_total"])' "$work/lg.json")"
+        # Errors as a total, with the non-zero kinds appended, e.g. 256(timeout:256).
+        echo "$(awk '{print $1 + $2}' "$work/time") $(( t1 - t0 )) $(python3 -c '
+import json, sys
+r = json.load(open(sys.argv[1]))
+kinds = ",".join("%s:%d" % kv for kv in r["errors"].items() if kv[1])
+print("%d(%s)" % (r["errors_total"], kinds) if kinds else r["errors_total"])' "$work/lg.json")"
     fi
 }
 
