@@ -217,7 +217,8 @@ pub fn measure(args: &SyscostArgs) -> Result<Syscost> {
         schema_version: SCHEMA_VERSION,
         kernel: env.kernel,
         cpu_model: env.cpu_model,
-        cpus: env.cpus,
+        // SAFETY: sysconf has no preconditions (not env.cpus: this thread may be pinned).
+        cpus: unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1) as usize,
         method: format!(
             "{warmup} calls of warm-up, then {} batches of {} calls on one thread (not pinned), each batch timed with CLOCK_MONOTONIC; ns/call is the median batch (min and max beside it)",
             args.batches, args.iterations
@@ -451,7 +452,8 @@ fn child(name: &str, iterations: u64) -> Result<()> {
 /// it made per call (of the entry's syscall, or of all syscalls for the empty loop).
 fn verify(entry: &Entry, iterations: u64) -> Result<f64> {
     tracer::privileges::check_ebpf().context("--verify traces with eBPF")?;
-    let exe = std::env::current_exe()?;
+    // The `lab` binary: this one, or, from a test binary, the one built beside it.
+    let exe = servers::launch::sibling_binary("lab").or_else(|_| std::env::current_exe())?;
     let mut child = std::process::Command::new(exe)
         .args(["syscost", "--child", entry.name, "--iterations"])
         .arg(iterations.to_string())

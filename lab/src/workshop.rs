@@ -354,8 +354,9 @@ pub const EXERCISES: &[Exercise] = &[
                 server_args: &["--prepared", "on"],
                 ..Setup::base("--prepared on")
             },
-            // One round trip (a sendto and a recvfrom) fewer for each of the 5 queries.
-            expect: &[expect(Figure::Syscalls("database"), Bound::DropsBy(6.0))],
+            // One round trip fewer for each of the 5 queries: measured 3 syscalls each (a
+            // sendto, and two recvfrom as often as not); 2 each is the bound.
+            expect: &[expect(Figure::Syscalls("database"), Bound::DropsBy(10.0))],
         },
     },
     Exercise {
@@ -374,8 +375,8 @@ pub const EXERCISES: &[Exercise] = &[
                 server_args: &["--updates", "bulk"],
                 ..Setup::base("--updates bulk")
             },
-            // N-1 = 4 statements fewer, each a round trip.
-            expect: &[expect(Figure::Syscalls("database"), Bound::DropsBy(6.0))],
+            // N-1 = 4 statements fewer, each a round trip (measured ≈ 2.5 syscalls each).
+            expect: &[expect(Figure::Syscalls("database"), Bound::DropsBy(7.0))],
         },
     },
     Exercise {
@@ -394,7 +395,8 @@ pub const EXERCISES: &[Exercise] = &[
                 expect(Figure::Call("accept4"), Bound::AfterAtMost(0.05)),
                 expect(Figure::Call("close"), Bound::BeforeAtLeast(0.9)),
                 expect(Figure::Call("close"), Bound::AfterAtMost(0.05)),
-                expect(Figure::Syscalls("network"), Bound::DropsBy(2.0)),
+                // accept4, setsockopt, fcntl, shutdown, close (measured 6.4 → 2.0).
+                expect(Figure::Syscalls("network"), Bound::DropsBy(3.0)),
             ],
         },
     },
@@ -409,9 +411,10 @@ pub const EXERCISES: &[Exercise] = &[
                 pipeline: 16,
                 ..Setup::base("--pipeline 16")
             },
+            // Ideally 16 times fewer (measured: exactly); the bound is 8.
             expect: &[expect(
                 Figure::Syscalls("network"),
-                Bound::AtMostTimes(0.25),
+                Bound::AtMostTimes(0.125),
             )],
         },
     },
@@ -451,8 +454,12 @@ pub const EXERCISES: &[Exercise] = &[
                 ..Setup::base("thread-pool")
             },
             expect: &[
-                expect(Figure::Syscalls("threads"), Bound::BeforeAtLeast(0.9)),
+                // A thread's life: clone3, exit, rseq, set_robust_list, sigaltstack,
+                // rt_sigprocmask... (measured 14 per connection), and its stack's mmap,
+                // mprotect, munmap (memory, measured 4).
+                expect(Figure::Syscalls("threads"), Bound::BeforeAtLeast(5.0)),
                 expect(Figure::Syscalls("threads"), Bound::AtMostTimes(0.1)),
+                expect(Figure::Syscalls("memory"), Bound::DropsBy(2.0)),
             ],
         },
     },
@@ -565,11 +572,11 @@ impl Outcome {
         for c in &self.checks {
             let _ = writeln!(
                 out,
-                "{} {:<34} {:>9.3} → {:<9.3} ({})",
+                "{} {:<34} {:>9} → {:<9} ({})",
                 if c.pass { "PASS" } else { "FAIL" },
                 c.what,
-                c.before,
-                c.after,
+                number(c.before),
+                number(c.after),
                 c.rule
             );
         }
@@ -690,7 +697,20 @@ fn run_side(setup: &Setup, settings: &Settings) -> Result<Run> {
             "the workshops trace with eBPF: run as root (or with CAP_BPF and CAP_PERFMON)",
         )?;
     }
-    let run = crate::run_cmd::execute(&args)?;
+    let mut run = crate::run_cmd::execute(&args)?;
+    if setup.tracer == TracerChoice::Ptrace && run.failed().next().is_some() {
+        // Attaching ptrace to a loaded server now and then stalls it long enough for the
+        // load generator to time out (a tracer issue, not the exercise's): one more try.
+        eprintln!(
+            "lab workshop: the ptrace run failed ({}); trying once more",
+            run.failed()
+                .next()
+                .and_then(|v| v.failure.as_deref())
+                .unwrap_or("?")
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        run = crate::run_cmd::execute(&args)?;
+    }
     if let Some(failed) = run.failed().next() {
         bail!(
             "{} ({}) failed: {}\n{}",
@@ -791,12 +811,15 @@ fn measure_all(
         }
     }
     let env = crate::run_cmd::environment();
+    // Not env.cpus: `lab run` pins this thread to the load generator's half.
+    // SAFETY: sysconf has no preconditions.
+    let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
     let mut out = format!(
         "Measured with `lab workshop --all --rounds {rounds} --duration {}s --warmup {}s` on {} ({} CPUs, Linux {}), unix time {:.0}\n\n",
         settings.duration,
         settings.warmup,
         env.cpu_model,
-        env.cpus,
+        cpus,
         env.kernel,
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -814,9 +837,9 @@ fn measure_all(
                 let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
                 let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
                 if (hi - lo).abs() < 0.0005 {
-                    format!("{lo:.3}")
+                    number(lo)
                 } else {
-                    format!("{lo:.3}–{hi:.3}")
+                    format!("{}–{}", number(lo), number(hi))
                 }
             };
             let passes = mine
@@ -847,4 +870,13 @@ fn measure_all(
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Three decimals, or four significant digits for small figures (0.0012 writes/request).
+fn number(v: f64) -> String {
+    if v != 0.0 && v.abs() < 0.01 {
+        format!("{v:.5}")
+    } else {
+        format!("{v:.3}")
+    }
 }
