@@ -25,6 +25,14 @@ fn database_url() -> String {
     .clone()
 }
 
+/// One load test at a time: they share 2 cores, and timing-dependent servers (header
+/// timeouts) under a ptrace tracer should not also compete with another test's load.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 struct Server {
     child: Reap,
     port: u16,
@@ -176,11 +184,13 @@ fn ebpf_and_strace_on_db(variant: &str, n: usize) {
 
 #[test]
 fn epoll_db_ebpf_agrees_with_strace() {
+    let _serial = serial();
     ebpf_and_strace_on_db("epoll", 20_000);
 }
 
 #[test]
 fn thread_pool_db_ebpf_agrees_with_strace() {
+    let _serial = serial();
     ebpf_and_strace_on_db("thread-pool", 20_000);
 }
 
@@ -206,6 +216,7 @@ fn io_calls_per_request(p: &Profile, n: f64) -> BTreeMap<String, f64> {
 
 #[test]
 fn epoll_db_ptrace_agrees_with_strace_on_request_io() {
+    let _serial = serial();
     require_root();
     let n = 4000;
     let conns = 8;
@@ -301,6 +312,7 @@ fn logging_writes_per_request(log: &str) -> f64 {
 
 #[test]
 fn logging_modes_show_in_logging_writes() {
+    let _serial = serial();
     let sync = logging_writes_per_request("sync");
     assert!(sync >= 1.0, "--log sync: {sync} logging writes per request");
     let off = logging_writes_per_request("off");
@@ -317,7 +329,7 @@ fn plaintext_profile(variant: &str, n: usize) -> Profile {
     http_load(s.port, "/plaintext", 4, 100);
     let pid = s.child.0.id() as i32;
     let session = start(Target::Pid(pid), ebpf(pid)).unwrap();
-    http_load(s.port, "/plaintext", 8, n / 8);
+    http_load(s.port, "/plaintext", 32, n / 32);
     std::thread::sleep(Duration::from_millis(200));
     let mut p = session.stop().unwrap();
     p.per_request(n as u64);
@@ -326,6 +338,7 @@ fn plaintext_profile(variant: &str, n: usize) -> Profile {
 
 #[test]
 fn io_uring_ring_ops_are_network_and_syscalls_drop() {
+    let _serial = serial();
     require_root();
     let n = 8000;
     let ring = plaintext_profile("io-uring", n);
@@ -353,6 +366,8 @@ fn io_uring_ring_ops_are_network_and_syscalls_drop() {
     );
     assert!(
         per(&ring) < 0.5 * per(&epoll),
-        "io-uring should make far fewer plain syscalls per request than epoll"
+        "io-uring should make far fewer plain syscalls per request than epoll\n{}\n{}",
+        tracer::render::table(&ring),
+        tracer::render::table(&epoll)
     );
 }

@@ -79,7 +79,20 @@ struct inode {
 
 struct file_operations;
 
+struct qstr {
+	const unsigned char *name;
+} __attribute__((preserve_access_index));
+
+struct dentry {
+	struct qstr d_name;
+} __attribute__((preserve_access_index));
+
+struct path {
+	struct dentry *dentry;
+} __attribute__((preserve_access_index));
+
 struct file {
+	struct path f_path;
 	const struct file_operations *f_op;
 	void *private_data;
 	struct inode *f_inode;

@@ -65,11 +65,13 @@ const volatile u16 db_port_be = 0;
 const volatile char db_path[DB_PATH_MAX] = {};
 const volatile u32 db_path_len = 0;
 
-/* Typeless kernel symbols, resolved from kallsyms: identify wake-up and wait fds. */
-extern const void eventfd_fops __ksym __weak;
-extern const void eventpoll_fops __ksym __weak;
-extern const void io_uring_fops __ksym __weak;
-extern const void timerfd_fops __ksym __weak;
+/* Anonymous-inode files are told apart by their dentry name ("[eventfd]", ...): their
+ * file_operations are static and usually absent from kallsyms, and they all share one
+ * inode. First 8 bytes, little-endian. */
+#define ANON_EVENTFD 0x6466746e6576655bULL /* "[eventfd" */
+#define ANON_EVENTPOLL 0x6f70746e6576655bULL /* "[eventpo" */
+#define ANON_IO_URING 0x6e6972755f6f695bULL /* "[io_urin" */
+#define ANON_TIMERFD 0x646672656d69745bULL /* "[timerfd" */
 
 struct agg_key {
 	char comm[16];
@@ -254,12 +256,16 @@ static __always_inline u8 classify_file(struct file *f, int fd)
 {
 	if (!f)
 		return CAT_NONE;
-	const void *fop = BPF_CORE_READ(f, f_op);
-	if (fop && (fop == &eventfd_fops || fop == &eventpoll_fops || fop == &io_uring_fops ||
-		    fop == &timerfd_fops))
-		return CAT_EVENT_LOOP;
 	struct inode *ino = BPF_CORE_READ(f, f_inode);
 	umode_t mode = BPF_CORE_READ(ino, i_mode);
+	if ((mode & S_IFMT) != S_IFSOCK) {
+		const unsigned char *name = BPF_CORE_READ(f, f_path.dentry, d_name.name);
+		u64 head = 0;
+		bpf_probe_read_kernel(&head, sizeof(head), name);
+		if (head == ANON_EVENTFD || head == ANON_EVENTPOLL || head == ANON_IO_URING ||
+		    head == ANON_TIMERFD)
+			return CAT_EVENT_LOOP;
+	}
 	if ((mode & S_IFMT) == S_IFSOCK) {
 		struct sock *sk = socket_sk(f);
 		u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
