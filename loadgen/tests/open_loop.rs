@@ -44,11 +44,15 @@ fn one_second_stall_shows_in_corrected_p99_only() {
         "corrected p99 {} ms should show the stall",
         r.latency.p99_ms
     );
+    // Only the 10 requests in flight when it began (0.5%) waited through the stall. Quiet,
+    // the uncorrected p99 is about 1 ms; on a busy shared machine tens of ms were seen, so
+    // the bound is a quarter of the stall rather than a few ms.
     assert!(
-        unc.p99_ms < 100.0,
+        unc.p99_ms < 250.0,
         "uncorrected p99 {} ms should hide it",
         unc.p99_ms
     );
+    assert!(unc.p99_ms * 4.0 < r.latency.p99_ms);
     assert!(
         r.latency.max_ms >= 500.0 && unc.max_ms >= 500.0,
         "both see the stalled requests' max"
