@@ -24,6 +24,12 @@
 //!
 //! `reports_a_real_run` draws the fixture as it is; `reports_failures_and_escapes_the_run`
 //! makes one variant fail with a hostile log tail and gives another a name full of markup.
+//! `reports_a_lab_run` runs the real `lab run --variants epoll,thread-pool --workload db
+//! --duration 2s --warmup 1s --connections 8` and checks the report it wrote; it needs the
+//! `server` binary next to `lab` (`cargo build --workspace --bins` with the same
+//! `CARGO_TARGET_DIR`), the lab's PostgreSQL (`lab db up`), and root for eBPF tracing.
+//!
+//! Run: `cargo build --workspace --bins && cargo test -p lab --test report_browser`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -313,7 +319,7 @@ fn tail(s: &str, n: usize) -> &str {
 }
 
 /// The screenshot: decoded, not blank, and showing the stacked charts' category colours.
-fn screenshot(report: &Path, scratch: &Path) -> PathBuf {
+fn screenshot(report: &Path, scratch: &Path, categories: &[&str]) -> PathBuf {
     let png_path = report.with_file_name("screenshot.png");
     let _ = fs::remove_file(&png_path);
     browse(
@@ -386,8 +392,8 @@ fn screenshot(report: &Path, scratch: &Path) -> PathBuf {
         .map(|(name, _)| *name)
         .collect();
     assert!(
-        ["network", "database", "logging", "event-loop"].iter().all(|c| shown.contains(c)),
-        "the screenshot does not show the colours of the main categories (shown: {shown:?}): are the stacked charts drawn?"
+        categories.iter().all(|c| shown.contains(c)),
+        "the screenshot does not show the colours of {categories:?} (shown: {shown:?}): are the stacked charts drawn?"
     );
     png_path
 }
@@ -399,7 +405,7 @@ fn rgb(hex: &str) -> [u8; 3] {
 
 /// Checks shared by every test: no errors, no fetches, every chart drawn for `drawn`
 /// variants and a row in the main charts for `failed` ones, tables, sorting.
-fn check_page(page: &Value, log: &str, drawn: &[&str], failed: &[&str]) {
+fn check_page(page: &Value, log: &str, drawn: &[&str], failed: &[&str], offcpu: bool) {
     let errors: Vec<&str> = page["errors"]
         .as_array()
         .expect("errors")
@@ -428,7 +434,10 @@ fn check_page(page: &Value, log: &str, drawn: &[&str], failed: &[&str]) {
     );
 
     let charts = page["charts"].as_object().expect("charts");
-    for chart in VARIANT_CHARTS {
+    for chart in VARIANT_CHARTS
+        .into_iter()
+        .filter(|c| offcpu || *c != "offcpu")
+    {
         let c = charts
             .get(chart)
             .unwrap_or_else(|| panic!("chart {chart} is missing; charts: {:?}", charts.keys()));
@@ -512,7 +521,7 @@ fn reports_a_real_run() {
 
     let (page, log) = probe(&report, &dir);
     let names: Vec<&str> = run.variants.iter().map(|v| v.variant.as_str()).collect();
-    check_page(&page, &log, &names, &[]);
+    check_page(&page, &log, &names, &[], true);
     assert!(
         page["failed"].as_array().expect("failed").is_empty(),
         "no variant failed: {}",
@@ -537,7 +546,11 @@ fn reports_a_real_run() {
         "the flame graph is not inlined"
     );
 
-    let png = screenshot(&report, &dir);
+    let png = screenshot(
+        &report,
+        &dir,
+        &["network", "database", "logging", "event-loop"],
+    );
     eprintln!(
         "report: {}\nscreenshot: {}",
         report.display(),
@@ -581,7 +594,7 @@ fn reports_failures_and_escapes_the_run() {
         .filter(|v| v.ok)
         .map(|v| v.variant.as_str())
         .collect();
-    check_page(&page, &log, &drawn, &["io-uring"]);
+    check_page(&page, &log, &drawn, &["io-uring"], true);
     assert_eq!(page["injected"], false, "a log tail's <script> ran");
     assert_eq!(page["bold"], 0, "a variant name's markup became an element");
     let failed = page["failed"].as_array().expect("failed");
@@ -616,5 +629,93 @@ fn reports_failures_and_escapes_the_run() {
     assert!(
         shown.contains(hostile),
         "the hostile name does not survive as text: {shown:?}"
+    );
+}
+
+/// The real thing: `lab run` on two variants (needs what `lab run` needs: the `server`
+/// binary next to `lab` (`cargo build --workspace --bins` with the same target folder), the
+/// lab's PostgreSQL, and root for eBPF (else the run traces with ptrace)), then its own
+/// report.html in the browser.
+#[test]
+fn reports_a_lab_run() {
+    let lab = Path::new(env!("CARGO_BIN_EXE_lab"));
+    let server = lab.with_file_name("server");
+    assert!(
+        server.is_file(),
+        "{} is missing: build the servers next to lab first (cargo build --workspace --bins, same CARGO_TARGET_DIR)",
+        server.display()
+    );
+    let dir = out_dir("lab-run");
+    let out = Command::new(lab)
+        .args([
+            "run",
+            "--variants",
+            "epoll,thread-pool",
+            "--workload",
+            "db",
+            "--duration",
+            "2s",
+            "--warmup",
+            "1s",
+        ])
+        .args(["--connections", "8", "--out"])
+        .arg(&dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("starting lab run");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let runs: Vec<PathBuf> = fs::read_dir(&dir)
+        .expect("reading the output folder")
+        .map(|e| e.expect("an entry").path())
+        .filter(|p| p.join("run.json").is_file())
+        .collect();
+    assert_eq!(
+        runs.len(),
+        1,
+        "lab run ({}) wrote no run.json under {}:\n{said}",
+        out.status,
+        dir.display()
+    );
+    let run_dir = &runs[0];
+    let run = Run::load(run_dir).expect("lab run's run.json loads");
+    let report = run_dir.join("report.html");
+    assert!(report.is_file(), "lab run wrote no report.html:\n{said}");
+
+    let (page, log) = probe(&report, run_dir);
+    let drawn: Vec<&str> = run
+        .variants
+        .iter()
+        .filter(|v| v.ok)
+        .map(|v| v.variant.as_str())
+        .collect();
+    let failed: Vec<&str> = run
+        .variants
+        .iter()
+        .filter(|v| !v.ok)
+        .map(|v| v.variant.as_str())
+        .collect();
+    assert!(!drawn.is_empty(), "no variant completed:\n{said}");
+    let offcpu = run
+        .variants
+        .iter()
+        .flat_map(|v| &v.rounds)
+        .filter_map(|r| r.profile.as_ref())
+        .all(|p| p.offcpu_measured);
+    check_page(&page, &log, &drawn, &failed, offcpu);
+    assert_eq!(
+        page["failed"].as_array().map(Vec::len),
+        Some(failed.len()),
+        "failed cards: {}",
+        page["failed"]
+    );
+    let png = screenshot(&report, run_dir, &["network", "database", "event-loop"]);
+    eprintln!(
+        "report: {}\nscreenshot: {}",
+        report.display(),
+        png.display()
     );
 }
