@@ -763,9 +763,10 @@ fn flamegraphs(o: &mut String, run: &Run, run_dir: &Path) {
             Ok(data) if is_svg => {
                 let _ = write!(
                     o,
-                    "<object type=\"image/svg+xml\" data=\"data:image/svg+xml;base64,{}\" aria-label=\"flame graph of {}\">\
+                    "<object type=\"image/svg+xml\" data=\"data:image/svg+xml;base64,{}\" style=\"aspect-ratio: {}\" aria-label=\"flame graph of {}\">\
                      <p class=\"muted\">Your browser did not display the SVG flame graph.</p></object>\n",
                     base64(&data),
+                    svg_aspect(&data).map_or("auto 2 / 1".to_string(), |(w, h)| format!("{w:.0} / {h:.0}")),
                     esc(&v.variant)
                 );
             }
@@ -1659,6 +1660,32 @@ fn utc(unix_s: f64) -> String {
     )
 }
 
+/// Width and height of an SVG document, from its root element's `viewBox` (else its
+/// `width` and `height`), so the page can keep the drawing's proportions.
+fn svg_aspect(data: &[u8]) -> Option<(f64, f64)> {
+    let text = String::from_utf8_lossy(&data[..data.len().min(4096)]);
+    let root = &text[text.find("<svg")?..];
+    let root = &root[..root.find('>')?];
+    let attr = |name: &str| {
+        let at = root.find(&format!(" {name}=\""))? + name.len() + 3;
+        Some(root[at..at + root[at..].find('"')?].to_string())
+    };
+    let (w, h) = match attr("viewBox") {
+        Some(vb) => {
+            let n: Vec<f64> = vb
+                .split([' ', ','])
+                .filter_map(|x| x.trim().parse().ok())
+                .collect();
+            (*n.get(2)?, *n.get(3)?)
+        }
+        None => (
+            attr("width")?.trim_end_matches("px").parse().ok()?,
+            attr("height")?.trim_end_matches("px").parse().ok()?,
+        ),
+    };
+    (w > 0.0 && h > 0.0).then_some((w, h))
+}
+
 fn base64(data: &[u8]) -> String {
     const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut o = String::with_capacity(data.len().div_ceil(3) * 4);
@@ -1780,7 +1807,7 @@ ul.notes { margin: 6px 0 0; padding-left: 20px; }
 ul.notes li { margin: 3px 0; }
 figure.flame { margin: 10px 0 18px; }
 figure.flame figcaption { font-weight: 620; margin-bottom: 4px; }
-figure.flame object { width: 100%; min-height: 300px; border: 1px solid var(--line); border-radius: 6px; background: #fff; }
+figure.flame object { display: block; width: 100%; height: auto; min-height: 120px; border: 1px solid var(--line); border-radius: 6px; background: #fff; }
 footer { max-width: 1240px; margin: 0 auto; padding: 4px 24px 30px; color: var(--muted); font-size: 13px; }
 @media print { header nav { display:none; } .panel { box-shadow:none; border: 1px solid var(--line); break-inside: avoid; } body { background: #fff; } }
 "#;
@@ -1869,5 +1896,11 @@ mod tests {
         assert_eq!(base64(b"Man"), "TWFu");
         assert_eq!(base64(b"Ma"), "TWE=");
         assert_eq!(base64(b"M"), "TQ==");
+        let svg = br#"<?xml version="1.0"?><svg version="1.1" width="1200" height="230" viewBox="0 0 1200 230">"#;
+        assert_eq!(svg_aspect(svg), Some((1200.0, 230.0)));
+        assert_eq!(
+            svg_aspect(br#"<svg width="300px" height="100px">"#),
+            Some((300.0, 100.0))
+        );
     }
 }
