@@ -25,6 +25,11 @@ use crate::results::{
 };
 use servers::launch::{sibling_binary, LaunchOptions, ServerProcess};
 
+/// Where `--export` puts the server under test and the tracer's metrics: the targets of
+/// `dashboards/prometheus/native.yml`.
+const EXPORT_SERVER: &str = "127.0.0.1:8080";
+const EXPORT_TRACER: &str = "127.0.0.1:9100";
+
 /// The four I/O models, in the order they are run and shown.
 pub const VARIANTS: [&str; 4] = ["thread-per-request", "thread-pool", "epoll", "io-uring"];
 
@@ -93,6 +98,10 @@ pub struct RunArgs {
     /// Rounds; the variant order rotates between rounds, the table shows medians.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub repeat: u32,
+    /// Serve each variant on 127.0.0.1:8080 and the tracer's metrics on 127.0.0.1:9100
+    /// while it runs, for a Prometheus scraping them (dashboards/prometheus/native.yml).
+    #[arg(long)]
+    pub export: bool,
     /// Folder under which `<run-id>/` is created.
     #[arg(long, default_value = "results")]
     pub out: PathBuf,
@@ -145,8 +154,13 @@ impl Workload {
 pub fn run(args: RunArgs) -> Result<ExitCode> {
     let run = execute(&args)?;
     let run_dir = args.out.join(&run.id);
+    let report = crate::report::html::write(&run, &run_dir)?;
     println!("{}", crate::table::render(&run));
-    eprintln!("results: {}", run_dir.join("run.json").display());
+    eprintln!(
+        "results: {}\nreport:  {}",
+        run_dir.join("run.json").display(),
+        report.display()
+    );
     let failed: Vec<&str> = run.failed().map(|v| v.variant.as_str()).collect();
     if failed.is_empty() {
         Ok(ExitCode::SUCCESS)
@@ -159,7 +173,14 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
 /// `lab report RUN`: rebuilds the HTML report and prints the table.
 pub fn report(path: &Path) -> Result<ExitCode> {
     let run = Run::load(path)?;
+    let run_dir = if path.is_dir() {
+        path
+    } else {
+        path.parent().unwrap_or(Path::new("."))
+    };
+    let report = crate::report::html::write(&run, run_dir)?;
     println!("{}", crate::table::render(&run));
+    eprintln!("report: {}", report.display());
     Ok(ExitCode::SUCCESS)
 }
 
@@ -197,6 +218,18 @@ pub fn execute(args: &RunArgs) -> Result<Run> {
         },
     };
     let placement = Placement::choose();
+    let exported = if args.export {
+        let latest = tracer::exporter::Latest::default();
+        let addr = tracer::exporter::serve(
+            EXPORT_TRACER.parse().expect("a literal address"),
+            latest.clone(),
+        )
+        .with_context(|| format!("--export: serving the tracer's metrics on {EXPORT_TRACER}"))?;
+        eprintln!("lab run: servers on http://{EXPORT_SERVER}, tracer metrics on http://{addr}/metrics (for Prometheus)");
+        Some(latest)
+    } else {
+        None
+    };
     let targets = args.workload.targets(args.queries);
     let config = RunConfig {
         variants: args.variants.clone(),
@@ -262,6 +295,7 @@ pub fn execute(args: &RunArgs) -> Result<Run> {
                 targets: &targets,
                 progress: &progress,
                 label: format!("{} · round {}/{}", result.variant, round + 1, args.repeat),
+                exported: exported.as_ref(),
             };
             match step.measure(&result.variant, round + 1) {
                 Ok(measured) => result.rounds.push(measured),
@@ -329,6 +363,8 @@ struct Step<'a> {
     targets: &'a [String],
     progress: &'a ProgressBar,
     label: String,
+    /// The profile the `--export` exporter serves.
+    exported: Option<&'a tracer::exporter::Latest>,
 }
 
 impl Step<'_> {
@@ -341,6 +377,9 @@ impl Step<'_> {
         self.phase("starting the server");
         let log_file = self.run_dir.join(format!("{variant}.log"));
         let mut options = LaunchOptions::new(variant, self.url);
+        if self.exported.is_some() {
+            options.listen = EXPORT_SERVER.parse().expect("a literal address");
+        }
         options.log = self.args.log.clone();
         options.log_file = Some(log_file.clone());
         options.extra_args = self.args.server_args.clone();
@@ -356,7 +395,7 @@ impl Step<'_> {
 
         self.phase("warming up");
         if self.args.warmup > 0.0 {
-            self.load(&server, self.args.warmup, None)
+            self.load(&server, self.args.warmup, None, &mut || {})
                 .map_err(|e| Failure::new(e, Some(&server)))?;
         }
         self.progress.inc(1);
@@ -389,7 +428,20 @@ impl Step<'_> {
             None => None,
         };
         let threads_seen = std::cell::Cell::new(0u64);
-        let load = self.load(&server, self.args.duration, Some(&threads_seen));
+        // With --export, the exporter shows the trace so far, refreshed every second.
+        let mut export = || {
+            if let (Some(latest), Some(session)) = (self.exported, &session) {
+                if let Ok(profile) = session.snapshot() {
+                    *latest.lock().unwrap_or_else(|e| e.into_inner()) = Some(profile);
+                }
+            }
+        };
+        let load = self.load(
+            &server,
+            self.args.duration,
+            Some(&threads_seen),
+            &mut export,
+        );
         let profile =
             match session {
                 Some(session) => Some(session.stop().map_err(|e| {
@@ -452,6 +504,7 @@ impl Step<'_> {
         server: &ServerProcess,
         seconds: f64,
         threads_seen: Option<&std::cell::Cell<u64>>,
+        every_second: &mut dyn FnMut(),
     ) -> Result<loadgen::Report, String> {
         let base = format!("http://{}", server.addr());
         let mut config = loadgen::Config::new(format!("{base}{}", self.targets[0]));
@@ -475,8 +528,13 @@ impl Step<'_> {
         let progress = self.progress;
         let label = &self.label;
         let mut last = std::time::Instant::now();
+        let mut last_tick = std::time::Instant::now();
         let pid = server.pid();
         loadgen::run(&config, &mut |p: &loadgen::Progress| {
+            if last_tick.elapsed() >= Duration::from_secs(1) {
+                every_second();
+                last_tick = std::time::Instant::now();
+            }
             if let Some(seen) = threads_seen {
                 if last.elapsed() > Duration::from_millis(500) {
                     progress.set_message(format!("{label} · measuring · {:.0} req/s", p.rps));

@@ -126,8 +126,10 @@ pub fn render(run: &Run) -> String {
 /// A per-request figure with the digits that matter: buffered logging's 0.003 writes per
 /// request must not print as 0.00.
 pub fn figure(value: f64) -> String {
+    if value == 0.0 {
+        return "0".into();
+    }
     match value {
-        v if v == 0.0 => "0".into(),
         v if v.abs() < 0.01 => format!("{v:.4}"),
         v if v.abs() < 100.0 => format!("{v:.2}"),
         v => format!("{v:.0}"),
