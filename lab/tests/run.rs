@@ -19,8 +19,17 @@ fn require_root() {
 
 /// The single run folder `lab run` created under `out`.
 fn only_run(out: &Path) -> std::path::PathBuf {
-    let runs: Vec<_> = std::fs::read_dir(out).unwrap().flatten().map(|e| e.path()).collect();
-    assert_eq!(runs.len(), 1, "expected one run folder in {}: {runs:?}", out.display());
+    let runs: Vec<_> = std::fs::read_dir(out)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(
+        runs.len(),
+        1,
+        "expected one run folder in {}: {runs:?}",
+        out.display()
+    );
     runs[0].clone()
 }
 
@@ -29,21 +38,43 @@ fn db_workload_attributes_network_database_and_logging_for_every_variant() {
     require_root();
     let out = tempdir("run-db");
     let output = Command::new(lab())
-        .args(["run", "--workload", "db", "--duration", "2s", "--warmup", "1s", "--connections", "8"])
+        .args([
+            "run",
+            "--workload",
+            "db",
+            "--duration",
+            "2s",
+            "--warmup",
+            "1s",
+            "--connections",
+            "8",
+        ])
         .args(["--log", "buffered", "--tracer", "ebpf", "--out"])
         .arg(&out)
         .output()
         .expect("running lab run");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "lab run failed ({}):\n{stdout}\n{stderr}", output.status);
+    assert!(
+        output.status.success(),
+        "lab run failed ({}):\n{stdout}\n{stderr}",
+        output.status
+    );
     let run_dir = only_run(&out);
     let run = Run::load(&run_dir).expect("run.json reads back");
     assert_eq!(run.variants.len(), 4, "all four variants by default");
     for variant in &run.variants {
-        assert!(variant.ok, "{} failed: {:?}\n{:?}", variant.variant, variant.failure, variant.log_tail);
+        assert!(
+            variant.ok,
+            "{} failed: {:?}\n{:?}",
+            variant.variant, variant.failure, variant.log_tail
+        );
         let summary = variant.summary.as_ref().expect("a summary");
-        assert!(summary.requests > 0 && summary.requests_per_s.median > 0.0, "{}: no load", variant.variant);
+        assert!(
+            summary.requests > 0 && summary.requests_per_s.median > 0.0,
+            "{}: no load",
+            variant.variant
+        );
         let per = |name: &str| {
             summary
                 .categories
@@ -52,12 +83,26 @@ fn db_workload_attributes_network_database_and_logging_for_every_variant() {
                 .map_or(0.0, |c| c.syscalls_per_request + c.ring_ops_per_request)
         };
         for category in ["network", "database", "logging"] {
-            assert!(per(category) > 0.0, "{}: nothing attributed to {category}", variant.variant);
+            assert!(
+                per(category) > 0.0,
+                "{}: nothing attributed to {category}",
+                variant.variant
+            );
         }
         // A /db request is one query: at least a send and a receive on the database
         // socket, and the client's read and write.
-        assert!(per("database") >= 1.5, "{}: database {} per request", variant.variant, per("database"));
-        assert!(per("network") >= 0.9, "{}: network {} per request", variant.variant, per("network"));
+        assert!(
+            per("database") >= 1.5,
+            "{}: database {} per request",
+            variant.variant,
+            per("database")
+        );
+        assert!(
+            per("network") >= 0.9,
+            "{}: network {} per request",
+            variant.variant,
+            per("network")
+        );
         assert!(summary.threads > 0 && summary.peak_rss_bytes > 0);
         let round = &variant.rounds[0];
         assert!(round.profile.as_ref().is_some_and(|p| p.backend == "ebpf"));
@@ -66,15 +111,38 @@ fn db_workload_attributes_network_database_and_logging_for_every_variant() {
     for name in ["thread-per-request", "thread-pool", "epoll", "io-uring"] {
         assert!(stdout.contains(name), "table lacks {name}:\n{stdout}");
     }
-    assert!(run_dir.join("report.html").is_file(), "no report.html in {}", run_dir.display());
+    assert!(
+        run_dir.join("report.html").is_file(),
+        "no report.html in {}",
+        run_dir.display()
+    );
 
     // lab report rebuilds the page and prints the same table; lab compare accepts a run
     // against itself and shows no change.
-    let report = Command::new(lab()).arg("report").arg(&run_dir).output().unwrap();
-    assert!(report.status.success(), "{}", String::from_utf8_lossy(&report.stderr));
-    let compare = Command::new(lab()).arg("compare").arg(&run_dir).arg(&run_dir).args(["--json", "-"]).output().unwrap();
-    assert!(compare.status.success(), "{}", String::from_utf8_lossy(&compare.stderr));
-    let comparison: serde_json::Value = serde_json::from_slice(&compare.stdout).expect("compare --json prints JSON");
+    let report = Command::new(lab())
+        .arg("report")
+        .arg(&run_dir)
+        .output()
+        .unwrap();
+    assert!(
+        report.status.success(),
+        "{}",
+        String::from_utf8_lossy(&report.stderr)
+    );
+    let compare = Command::new(lab())
+        .arg("compare")
+        .arg(&run_dir)
+        .arg(&run_dir)
+        .args(["--json", "-"])
+        .output()
+        .unwrap();
+    assert!(
+        compare.status.success(),
+        "{}",
+        String::from_utf8_lossy(&compare.stderr)
+    );
+    let comparison: serde_json::Value =
+        serde_json::from_slice(&compare.stdout).expect("compare --json prints JSON");
     let variants = comparison["variants"].as_array().expect("variants");
     assert_eq!(variants.len(), 4);
     for v in variants {
@@ -90,30 +158,63 @@ fn a_variant_that_fails_is_recorded_and_the_run_goes_on() {
     // --write-mode split is refused by epoll at start (hyper writes once): epoll fails,
     // thread-pool runs.
     let output = Command::new(lab())
-        .args(["run", "--variants", "epoll,thread-pool", "--workload", "plaintext", "--duration", "1s"])
-        .args(["--warmup", "0s", "--connections", "4", "--tracer", "off", "--out"])
+        .args([
+            "run",
+            "--variants",
+            "epoll,thread-pool",
+            "--workload",
+            "plaintext",
+            "--duration",
+            "1s",
+        ])
+        .args([
+            "--warmup",
+            "0s",
+            "--connections",
+            "4",
+            "--tracer",
+            "off",
+            "--out",
+        ])
         .arg(&out)
         .args(["--", "--write-mode", "split"])
         .output()
         .expect("running lab run");
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success(), "a failed variant must make the exit status say so");
+    assert!(
+        !output.status.success(),
+        "a failed variant must make the exit status say so"
+    );
     assert!(stderr.contains("epoll"), "the failure is named: {stderr}");
     let run = Run::load(&only_run(&out)).unwrap();
     let epoll = run.variants.iter().find(|v| v.variant == "epoll").unwrap();
     assert!(!epoll.ok);
-    assert!(epoll.log_tail.as_deref().unwrap_or("").contains("split"), "log tail: {:?}", epoll.log_tail);
-    let pool = run.variants.iter().find(|v| v.variant == "thread-pool").unwrap();
+    assert!(
+        epoll.log_tail.as_deref().unwrap_or("").contains("split"),
+        "log tail: {:?}",
+        epoll.log_tail
+    );
+    let pool = run
+        .variants
+        .iter()
+        .find(|v| v.variant == "thread-pool")
+        .unwrap();
     assert!(pool.ok, "{:?}", pool.failure);
     let _ = std::fs::remove_dir_all(&out);
 }
 
 #[test]
 fn bad_flags_get_a_clear_message_and_exit_2() {
-    let output = Command::new(lab()).args(["run", "--variants", "nginx"]).output().unwrap();
+    let output = Command::new(lab())
+        .args(["run", "--variants", "nginx"])
+        .output()
+        .unwrap();
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("nginx") && stderr.contains("epoll"), "{stderr}");
+    assert!(
+        stderr.contains("nginx") && stderr.contains("epoll"),
+        "{stderr}"
+    );
 }
 
 fn tempdir(name: &str) -> std::path::PathBuf {
