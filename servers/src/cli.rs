@@ -108,6 +108,12 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = WriteMode::Single)]
     pub write_mode: WriteMode,
 
+    /// `io-uring`: a kernel thread polls each ring's submission queue (SQPOLL), so that
+    /// submitting needs no io_uring_enter while it is busy (`on`), or every submission
+    /// enters the kernel (`off`).
+    #[arg(long, value_enum, default_value_t = OnOff::Off)]
+    pub sqpoll: OnOff,
+
     /// File of the request log in `sync` and `buffered` modes.
     #[arg(long, value_name = "PATH", default_value = "server.log")]
     pub log_file: PathBuf,
@@ -140,6 +146,9 @@ pub enum WriteMode {
 impl Args {
     /// The database knobs, checked against the variant.
     pub fn knobs(&self) -> anyhow::Result<crate::database::Knobs> {
+        if self.sqpoll == OnOff::On && self.variant != Variant::IoUring {
+            anyhow::bail!("--sqpoll on needs the io-uring variant: the others have no ring");
+        }
         let queries_in_flight = self.queries_mode == QueriesMode::InFlight;
         if queries_in_flight
             && matches!(
@@ -156,6 +165,11 @@ impl Args {
             bulk_updates: self.updates == UpdatesMode::Bulk,
             queries_in_flight,
         })
+    }
+
+    /// How long an idle SQPOLL thread spins before it sleeps, when `--sqpoll on`.
+    pub fn sqpoll_idle_ms(&self) -> Option<u32> {
+        (self.sqpoll == OnOff::On).then_some(SQPOLL_IDLE_MS)
     }
 
     pub fn nodelay(&self) -> bool {
@@ -192,6 +206,9 @@ impl Args {
         self.pool_size.map_or_else(|| 4 * cpus(), |n| n as usize)
     }
 }
+
+/// Milliseconds an SQPOLL kernel thread keeps polling without work before it sleeps.
+pub const SQPOLL_IDLE_MS: u32 = 100;
 
 /// Pool threads of `thread-pool` unless `--workers` says otherwise: a keep-alive client
 /// holds a worker for as long as its connection lives, so the pool must outnumber the

@@ -110,6 +110,7 @@ pub fn run(args: &Args) -> Result<()> {
         let ready = ready.clone();
         let ended = ended.clone();
         let watch_database = (index == 0).then(|| db::redact(&url));
+        let sqpoll_idle_ms = args.sqpoll_idle_ms();
         let options = Options {
             header_timeout: args.header_timeout(),
             nodelay: args.nodelay(),
@@ -120,14 +121,20 @@ pub fn run(args: &Args) -> Result<()> {
             .spawn(move || {
                 // Tells the main thread this runtime is gone, however it ends (a panic too).
                 let _ended = EndNotice(index, ended);
-                let runtime =
-                    match tokio_uring::Runtime::new(tokio_uring::builder().entries(RING_ENTRIES)) {
-                        Ok(runtime) => runtime,
-                        Err(error) => {
-                            let _ = ready.send((index, Err(error)));
-                            return true;
-                        }
-                    };
+                let mut builder = tokio_uring::builder();
+                builder.entries(RING_ENTRIES);
+                if let Some(idle_ms) = sqpoll_idle_ms {
+                    // A kernel thread polls the submission queue, so submitting needs no
+                    // io_uring_enter while it is awake; it sleeps after `idle_ms` without work.
+                    builder.uring_builder(tokio_uring::uring_builder().setup_sqpoll(idle_ms));
+                }
+                let runtime = match tokio_uring::Runtime::new(&builder) {
+                    Ok(runtime) => runtime,
+                    Err(error) => {
+                        let _ = ready.send((index, Err(error)));
+                        return true;
+                    }
+                };
                 let _ = ready.send((index, Ok(())));
                 drop(ready);
                 if go_signal.recv() != Ok(true) {
