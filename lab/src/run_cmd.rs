@@ -30,6 +30,9 @@ use servers::launch::{sibling_binary, LaunchOptions, ServerProcess};
 const EXPORT_SERVER: &str = "127.0.0.1:8080";
 const EXPORT_TRACER: &str = "127.0.0.1:9100";
 
+/// The load generator's request timeout while the ptrace backend traces.
+const PTRACE_REQUEST_TIMEOUT_S: f64 = 30.0;
+
 /// The four I/O models, in the order they are run and shown.
 pub const VARIANTS: [&str; 4] = ["thread-per-request", "thread-pool", "epoll", "io-uring"];
 
@@ -524,6 +527,12 @@ impl Step<'_> {
         config.warmup_s = 0.0;
         config.rate = self.args.rate;
         config.pipeline = self.args.pipeline;
+        if self.backend == Some(tracer::Backend::Ptrace) {
+            // Under ptrace every traced syscall stops the server, and attaching stops all
+            // its threads at once: answers come late rather than never, so they are
+            // measured as latency instead of counted as timeouts.
+            config.timeout_s = config.timeout_s.max(PTRACE_REQUEST_TIMEOUT_S);
+        }
         config.keepalive = !self.args.connection_per_request;
         let progress = self.progress;
         let label = &self.label;
