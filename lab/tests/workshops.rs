@@ -112,6 +112,11 @@ fn exercise_10_io_uring() {
 }
 
 #[test]
-fn exercise_11_observer_effect() {
+fn exercise_11_sqpoll() {
     check(11);
+}
+
+#[test]
+fn exercise_12_observer_effect() {
+    check(12);
 }
