@@ -62,6 +62,12 @@ pub enum FdTarget {
     Other(String),
 }
 
+/// A socket that is not TCP (a Unix socketpair, say tokio's signal-driver channel): in
+/// an epoll set it is a wake-up channel, like an eventfd, unless it is the database's.
+pub fn is_non_tcp_socket(pid: i32, fd: i32, tcp: &HashMap<u64, TcpSock>) -> bool {
+    matches!(fd_target(pid, fd), Some(FdTarget::Socket(inode)) if !tcp.contains_key(&inode))
+}
+
 pub fn fd_target(pid: i32, fd: i32) -> Option<FdTarget> {
     let link = fs::read_link(format!("/proc/{pid}/fd/{fd}")).ok()?;
     let s = link.to_string_lossy();

@@ -313,6 +313,17 @@ static __always_inline struct file *fd_file(struct task_struct *task, int fd)
 	return f;
 }
 
+static __always_inline bool is_unix_socket(struct file *f)
+{
+	if (!f)
+		return false;
+	umode_t mode = BPF_CORE_READ(f, f_inode, i_mode);
+	if ((mode & S_IFMT) != S_IFSOCK)
+		return false;
+	struct sock *sk = socket_sk(f);
+	return BPF_CORE_READ(sk, __sk_common.skc_family) == AF_UNIX;
+}
+
 static __always_inline u8 classify_fd(struct task_struct *task, int fd)
 {
 	return classify_file(fd_file(task, fd), fd);
@@ -350,7 +361,14 @@ static __always_inline void epoll_ctl_note(struct task_struct *task, u32 epfd, i
 	/* EPOLL_CTL_ADD = 1, EPOLL_CTL_DEL = 2 */
 	if (op != 1 && op != 2)
 		return;
-	int slot = cover_slot(classify_fd(task, fd));
+	struct file *f = fd_file(task, fd);
+	u8 cat = classify_file(f, fd);
+	/* A Unix socket that is not the database's is a wake-up channel here (tokio's
+	 * signal driver registers one in every runtime's epoll): like an eventfd, it does
+	 * not change what a wait is for. */
+	if (cat == CAT_NONE && is_unix_socket(f))
+		return;
+	int slot = cover_slot(cat);
 	if (slot < 0 || slot > 3)
 		return;
 	struct epoll_cover *c = bpf_map_lookup_elem(&epoll_fds, &epfd);

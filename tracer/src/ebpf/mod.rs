@@ -165,6 +165,10 @@ pub(crate) fn run(
                 if ctx.refresh(pid) {
                     sync_maps(&skel, &ctx)?;
                 }
+                // mio dups its epoll fd (Registry::try_clone), so epoll_ctl on one number
+                // and epoll_wait on the other: the BPF map is keyed by number and only
+                // sees the first. /proc shows both with the same set: re-read it.
+                seed_epoll_sets(&skel, pid, &ctx);
             } else if ctx.refresh_log_ids() {
                 // A log file named by the user was just created: known within 100 ms.
                 sync_maps(&skel, &ctx)?;
@@ -284,8 +288,9 @@ fn log_key(dev: u32, ino: u64) -> [u8; 16] {
     k
 }
 
-/// In attach mode the epoll sets were built before we came: read them from fdinfo so that
-/// a Postgres client's private epoll is known to be the database's.
+/// The epoll sets as /proc shows them (fdinfo), so that a Postgres client's private
+/// epoll is known to be the database's: at attach (the sets were built before we came)
+/// and every second (sets built since, on either number of a dup'ed epoll fd).
 fn seed_epoll_sets(skel: &TracerSkel, pid: i32, ctx: &Context) {
     let socks = procfs::tcp_sockets(pid);
     for fd in procfs::fds(pid) {
@@ -294,7 +299,13 @@ fn seed_epoll_sets(skel: &TracerSkel, pid: i32, ctx: &Context) {
         }
         let mut n = [0i32; 4];
         for tfd in procfs::epoll_targets(pid, fd) {
-            match crate::ptrace::classify::classify_proc_fd(pid, tfd, ctx, &socks) {
+            let category = crate::ptrace::classify::classify_proc_fd(pid, tfd, ctx, &socks);
+            // A socket that is not TCP (tokio's signal-driver socketpair) and not the
+            // database's is a wake-up channel, like an eventfd: as in the BPF program.
+            if category.is_none() && procfs::is_non_tcp_socket(pid, tfd, &socks) {
+                continue;
+            }
+            match category {
                 Some(Category::Network) => n[0] += 1,
                 Some(Category::Database) => n[1] += 1,
                 Some(Category::Logging) => n[2] += 1,

@@ -483,7 +483,12 @@ impl Tracer {
         } else if flags & syscalls::EPOLL_CTL != 0 {
             let (epfd, op, fd) = (args[0] as i32, args[1] as i32, args[2] as i32);
             if op == libc::EPOLL_CTL_ADD || op == libc::EPOLL_CTL_DEL {
-                if let Some(slot) = slot(self.classify(fd)) {
+                let category = self.classify(fd);
+                // As in the eBPF program: a non-TCP socket that is not the database's
+                // (tokio's signal socketpair) is a wake-up channel, like an eventfd.
+                let wakeup = category.is_none()
+                    && crate::procfs::is_non_tcp_socket(pid, fd, &crate::procfs::tcp_sockets(pid));
+                if let Some(slot) = slot(category).filter(|_| !wakeup) {
                     let n = self.epoll.entry(epfd).or_default();
                     n[slot] += if op == libc::EPOLL_CTL_ADD { 1 } else { -1 };
                 }
@@ -580,8 +585,13 @@ impl Tracer {
                 continue;
             }
             let mut n = [0i32; 4];
+            let tcp = crate::procfs::tcp_sockets(pid);
             for tfd in crate::procfs::epoll_targets(pid, fd) {
-                if let Some(s) = slot(self.socks.classify(pid, tfd, &self.ctx)) {
+                let category = self.socks.classify(pid, tfd, &self.ctx);
+                if category.is_none() && crate::procfs::is_non_tcp_socket(pid, tfd, &tcp) {
+                    continue;
+                }
+                if let Some(s) = slot(category) {
                     n[s] += 1;
                 }
             }
