@@ -195,6 +195,29 @@ pub fn error_response_bytes(status: u16) -> Vec<u8> {
     .into_bytes()
 }
 
+/// How often start-up tries an unreachable database again.
+pub const DATABASE_RETRY: Duration = Duration::from_secs(2);
+
+/// Logs one start-up attempt to reach the database, in the same words for every variant:
+/// a warning at the first failure, a line once it answers. True when it answered.
+pub fn log_database_attempt(url: &str, attempt: u32, outcome: &Result<(), DatabaseError>) -> bool {
+    match outcome {
+        Ok(()) => {
+            tracing::info!("database {url} reachable");
+            true
+        }
+        Err(error) => {
+            if attempt == 0 {
+                tracing::warn!(
+                    "database {url} not reachable ({error}); serving /plaintext and /json, database routes answer 503, retrying every {} s",
+                    DATABASE_RETRY.as_secs()
+                );
+            }
+            false
+        }
+    }
+}
+
 /// Why a database route failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DatabaseError {

@@ -105,6 +105,18 @@ impl Lease<'_> {
     }
 }
 
+impl SqlxPool {
+    /// Tries the database at start-up until it answers (the server serves meanwhile).
+    pub async fn wait_until_reachable(&self, url: String) {
+        for attempt in 0.. {
+            if crate::app::log_database_attempt(&url, attempt, &self.ping().await) {
+                return;
+            }
+            tokio::time::sleep(crate::app::DATABASE_RETRY).await;
+        }
+    }
+}
+
 fn driver_error(error: sqlx::Error) -> DatabaseError {
     let text = match &error {
         sqlx::Error::Io(io) => format!("i/o error: {io}"),

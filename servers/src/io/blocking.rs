@@ -278,25 +278,15 @@ pub fn wait_for_database(
     mut store: impl BlockingStore + Send + 'static,
     url: String,
 ) -> Result<()> {
-    std::thread::Builder::new().name("db-watch".into()).spawn(move || {
-        let mut attempts = 0u32;
-        loop {
-            match store.ping() {
-                Ok(()) => {
-                    tracing::info!("database {url} reachable");
+    std::thread::Builder::new()
+        .name("db-watch".into())
+        .spawn(move || {
+            for attempt in 0.. {
+                if app::log_database_attempt(&url, attempt, &store.ping()) {
                     return;
                 }
-                Err(error) => {
-                    if attempts == 0 {
-                        tracing::warn!(
-                            "database {url} not reachable ({error}); serving /plaintext and /json, database routes answer 503, retrying every 2 s"
-                        );
-                    }
-                    attempts += 1;
-                    std::thread::sleep(Duration::from_secs(2));
-                }
+                std::thread::sleep(app::DATABASE_RETRY);
             }
-        }
-    })?;
+        })?;
     Ok(())
 }

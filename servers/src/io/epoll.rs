@@ -32,7 +32,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
 
-use crate::app::{self, AsyncStore, Resolved};
+use crate::app::{self, Resolved};
 use crate::cli::Args;
 use crate::database::sqlx_pool::SqlxPool;
 use crate::metrics::METRICS;
@@ -51,7 +51,8 @@ pub fn run(args: &Args) -> Result<()> {
 async fn serve(args: &Args) -> Result<()> {
     let url = args.database_url();
     let store = Arc::new(SqlxPool::new(&url, args.pool_size(), args.knobs()?)?);
-    tokio::spawn(wait_for_database(store.clone(), db::redact(&url)));
+    let watched = store.clone();
+    tokio::spawn(async move { watched.wait_until_reachable(db::redact(&url)).await });
 
     args.split_writes()?;
     let listener = listen(args.listen)?;
@@ -287,28 +288,6 @@ fn to_hyper(response: app::Response) -> hyper::Response<Full<Bytes>> {
         headers.insert(ALLOW, HeaderValue::from_static("GET"));
     }
     out
-}
-
-/// Logs whether the database answers at start-up, and keeps trying until it does.
-async fn wait_for_database(store: Arc<SqlxPool>, url: String) {
-    let mut attempts = 0u32;
-    loop {
-        match store.ping().await {
-            Ok(()) => {
-                tracing::info!("database {url} reachable");
-                return;
-            }
-            Err(error) => {
-                if attempts == 0 {
-                    tracing::warn!(
-                        "database {url} not reachable ({error}); serving /plaintext and /json, database routes answer 503, retrying every 2 s"
-                    );
-                }
-                attempts += 1;
-                tokio::time::sleep(Duration::from_secs(2)).await;
-            }
-        }
-    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -368,7 +368,8 @@ async fn serve(
         all_closed: Notify::new(),
     });
     if let Some(url) = watch_database {
-        tokio_uring::spawn(wait_for_database(runtime.store.local.clone(), url));
+        let watched = runtime.store.local.clone();
+        tokio_uring::spawn(async move { watched.wait_until_reachable(url).await });
     }
     let acceptor = tokio_uring::spawn(accept_loop(RingSocket::new(listener), runtime.clone()));
     // An error means the sender is gone: stop as well.
@@ -643,28 +644,6 @@ async fn answer(request: &http1::Request<'_>, runtime: &Runtime) -> (app::Respon
     logging::request(request.method, request.target, response.status, elapsed);
     let keep_alive = request.keep_alive && !runtime.stopping.get();
     (response, keep_alive)
-}
-
-/// Logs whether the database answers at start-up, and keeps trying until it does.
-async fn wait_for_database(store: Arc<SqlxPool>, url: String) {
-    let mut attempts = 0u32;
-    loop {
-        match store.ping().await {
-            Ok(()) => {
-                tracing::info!("database {url} reachable");
-                return;
-            }
-            Err(error) => {
-                if attempts == 0 {
-                    tracing::warn!(
-                        "database {url} not reachable ({error}); serving /plaintext and /json, database routes answer 503, retrying every 2 s"
-                    );
-                }
-                attempts += 1;
-                tokio::time::sleep(Duration::from_secs(2)).await;
-            }
-        }
-    }
 }
 
 /// The database as one runtime sees it: its own pool for queries (their sockets belong to
