@@ -655,41 +655,19 @@ impl Counters {
 
 /// CPU time, context switches, threads and peak RSS of the server.
 fn read_process(pid: u32, addr: std::net::SocketAddr) -> Result<Counters> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+    let figures = servers::metrics::ProcessFigures::read(&pid.to_string())
         .context("the server process is gone")?;
-    let fields: Vec<&str> = stat
-        .rsplit_once(") ")
-        .map(|(_, r)| r.split(' ').collect())
-        .unwrap_or_default();
-    let field = |n: usize| {
-        fields
-            .get(n - 3)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // SAFETY: sysconf has no preconditions.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .context("the server process is gone")?;
-    let value = |key: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
     // Context switches of every thread the server ever had (threads that exited
     // included) come from its own getrusage, through /metrics; /proc has them per live
     // thread only.
     let (voluntary, involuntary) = scraped_switches(addr).unwrap_or((0, 0));
     Ok(Counters {
-        user_s: field(14) / ticks,
-        system_s: field(15) / ticks,
+        user_s: figures.user_s,
+        system_s: figures.system_s,
         voluntary,
         involuntary,
-        threads: field(20) as u64,
-        peak_rss_bytes: value("VmHWM:") * 1024,
+        threads: figures.threads as u64,
+        peak_rss_bytes: figures.peak_rss_bytes as u64,
     })
 }
 

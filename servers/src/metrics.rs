@@ -226,33 +226,58 @@ impl Metrics {
     }
 }
 
-/// Figures of this process from `/proc/self`, read when `/metrics` is scraped (a few
-/// reads per scrape; nothing per request).
+/// CPU time, threads and memory of a process, from `/proc/<pid>/stat` and `status`:
+/// `/metrics` reads its own (`self`), `lab run` the server's from outside.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ProcessFigures {
+    pub user_s: f64,
+    pub system_s: f64,
+    pub threads: f64,
+    pub rss_bytes: f64,
+    pub peak_rss_bytes: f64,
+}
+
+impl ProcessFigures {
+    /// `process` is a pid or `self`; None when the process is gone.
+    pub fn read(process: &str) -> Option<ProcessFigures> {
+        let stat = std::fs::read_to_string(format!("/proc/{process}/stat")).ok()?;
+        // Fields after the parenthesised command name, which may hold spaces: state is
+        // field 3, utime 14, stime 15, num_threads 20 (1-based, as in proc(5)).
+        let fields: Vec<&str> = stat
+            .rsplit_once(") ")
+            .map(|(_, rest)| rest.split(' ').collect())?;
+        let field = |n: usize| {
+            fields
+                .get(n - 3)
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        // SAFETY: sysconf has no preconditions.
+        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        let status = std::fs::read_to_string(format!("/proc/{process}/status")).ok()?;
+        let kib = |key: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+                * 1024.0
+        };
+        Some(ProcessFigures {
+            user_s: field(14) / ticks,
+            system_s: field(15) / ticks,
+            threads: field(20),
+            rss_bytes: kib("VmRSS:"),
+            peak_rss_bytes: kib("VmHWM:"),
+        })
+    }
+}
+
+/// Figures of this process, read when `/metrics` is scraped (a few reads per scrape;
+/// nothing per request).
 fn render_process(out: &mut String, variant: &str) {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the parenthesised command name: state is field 3, utime 14, stime 15,
-    // num_threads 20 (1-based, as in proc(5)).
-    let fields: Vec<&str> = stat
-        .rsplit_once(") ")
-        .map(|(_, rest)| rest.split(' ').collect())
-        .unwrap_or_default();
-    let field = |n: usize| {
-        fields
-            .get(n - 3)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // SAFETY: sysconf has no preconditions.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let status_value = |key: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
+    let figures = ProcessFigures::read("self").unwrap_or_default();
     let _ = writeln!(
         out,
         "# HELP lab_process_cpu_seconds_total CPU time of the server process."
@@ -261,12 +286,12 @@ fn render_process(out: &mut String, variant: &str) {
     let _ = writeln!(
         out,
         "lab_process_cpu_seconds_total{{variant=\"{variant}\",mode=\"user\"}} {}",
-        field(14) / ticks
+        figures.user_s
     );
     let _ = writeln!(
         out,
         "lab_process_cpu_seconds_total{{variant=\"{variant}\",mode=\"system\"}} {}",
-        field(15) / ticks
+        figures.system_s
     );
     let _ = writeln!(
         out,
@@ -276,7 +301,7 @@ fn render_process(out: &mut String, variant: &str) {
     let _ = writeln!(
         out,
         "lab_process_threads{{variant=\"{variant}\"}} {}",
-        field(20)
+        figures.threads
     );
     let _ = writeln!(
         out,
@@ -286,7 +311,7 @@ fn render_process(out: &mut String, variant: &str) {
     let _ = writeln!(
         out,
         "lab_process_resident_memory_bytes{{variant=\"{variant}\"}} {}",
-        status_value("VmRSS:") * 1024.0
+        figures.rss_bytes
     );
     let _ = writeln!(
         out,
