@@ -82,7 +82,7 @@ async fn serve(args: &Args) -> Result<()> {
     // Every connection task holds a receiver: `send(true)` asks them to finish, and
     // `closed()` resolves when the last one has.
     let (stop_connections, stop_signal) = watch::channel(false);
-    let shutdown = shutdown_signal();
+    let shutdown = super::shutdown_signal();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -288,21 +288,4 @@ fn to_hyper(response: app::Response) -> hyper::Response<Full<Bytes>> {
         headers.insert(ALLOW, HeaderValue::from_static("GET"));
     }
     out
-}
-
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let mut terminate =
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(signal) => signal,
-            Err(error) => {
-                tracing::warn!("cannot watch SIGTERM ({error}); only Ctrl-C stops the server");
-                let _ = tokio::signal::ctrl_c().await;
-                return;
-            }
-        };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
-        _ = terminate.recv() => tracing::info!("SIGTERM received"),
-    }
 }

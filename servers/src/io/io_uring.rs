@@ -191,7 +191,7 @@ pub fn run(args: &Args) -> Result<()> {
         .context("starting the signal watcher")?;
     let ended_early = supervisor.block_on(async {
         tokio::select! {
-            _ = shutdown_signal() => None,
+            _ = super::shutdown_signal() => None,
             index = ended_signal.recv() => index,
         }
     });
@@ -261,23 +261,6 @@ fn listen(addr: SocketAddr, count: usize) -> Result<(Vec<OwnedFd>, SocketAddr)> 
         listeners.push(OwnedFd::from(socket));
     }
     Ok((listeners, bound))
-}
-
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let mut terminate =
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(signal) => signal,
-            Err(error) => {
-                tracing::warn!("cannot watch SIGTERM ({error}); only Ctrl-C stops the server");
-                let _ = tokio::signal::ctrl_c().await;
-                return;
-            }
-        };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
-        _ = terminate.recv() => tracing::info!("SIGTERM received"),
-    }
 }
 
 // ---------------------------------------------------------------------------------------

@@ -31,3 +31,20 @@ pub const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1
 
 /// Pending connections the kernel queues for `accept`.
 pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Resolves on SIGINT or SIGTERM (the async variants; the blocking ones `sigwait`).
+pub(crate) async fn shutdown_signal() {
+    let mut terminate =
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(error) => {
+                tracing::warn!("cannot watch SIGTERM ({error}); only Ctrl-C stops the server");
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        _ = terminate.recv() => tracing::info!("SIGTERM received"),
+    }
+}
