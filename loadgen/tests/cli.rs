@@ -113,23 +113,36 @@ fn help_explains_every_flag() {
     }
 }
 
+/// An open-loop run on one thread and a few connections, writing both machine outputs.
+fn open_loop_with_logs(
+    url: &str,
+    duration: &str,
+    rate: &str,
+    json: &std::path::Path,
+    hlog: &std::path::Path,
+) -> (i32, String, String) {
+    let duration = format!("-d{duration}");
+    loadgen(&[
+        "-t1",
+        "-c4",
+        &duration,
+        "--rate",
+        rate,
+        "--json",
+        json.to_str().unwrap(),
+        "--hdr-log",
+        hlog.to_str().unwrap(),
+        url,
+    ])
+}
+
 #[test]
 fn run_writes_summary_json_and_hdr_log() {
     let server = common::ok_server();
     let json = tmp("run.json");
     let hlog = tmp("run.hlog");
-    let (code, out, err) = loadgen(&[
-        "-t1",
-        "-c2",
-        "-d1s",
-        "--rate",
-        "200",
-        "--json",
-        json.to_str().unwrap(),
-        "--hdr-log",
-        hlog.to_str().unwrap(),
-        &server.url("/plaintext"),
-    ]);
+    let (code, out, err) =
+        open_loop_with_logs(&server.url("/plaintext"), "1s", "200", &json, &hlog);
     assert_eq!(code, 0, "{err}");
     assert!(
         out.contains("Requests/sec:") && out.contains("99.900%"),
@@ -155,6 +168,84 @@ fn run_writes_summary_json_and_hdr_log() {
         })
         .count();
     assert!(n >= 1);
+    let _ = std::fs::remove_file(json);
+    let _ = std::fs::remove_file(hlog);
+}
+
+/// The standard HdrHistogram tools are the Java ones: `HistogramLogProcessor` from
+/// HdrHistogram's own jar (Debian: `libhdrhistogram-java`, run by `default-jre-headless`;
+/// `scripts/install-deps` installs both). It must read both tags of our interval log and
+/// find the same count, mean and max as loadgen's JSON report.
+#[test]
+fn hdr_log_reads_in_the_java_hdrhistogram_tools() {
+    let jar = std::path::Path::new("/usr/share/java/hdrhistogram.jar");
+    let java_runs = Command::new("java").arg("-version").output().is_ok();
+    assert!(
+        java_runs && jar.is_file(),
+        "this test needs java and {} (Debian: apt-get install default-jre-headless \
+         libhdrhistogram-java; scripts/install-deps installs them)",
+        jar.display()
+    );
+    let server = common::ok_server();
+    let json = tmp("java.json");
+    let hlog = tmp("java.hlog");
+    let (code, _, err) = open_loop_with_logs(&server.url("/plaintext"), "3s", "500", &json, &hlog);
+    assert_eq!(code, 0, "{err}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    for (tag, key) in [
+        (None, "latency"),
+        (Some("uncorrected"), "latency_uncorrected"),
+    ] {
+        let out = tmp(&format!("java-{key}"));
+        let mut java = Command::new("java");
+        java.arg("-cp")
+            .arg(jar)
+            .arg("org.HdrHistogram.HistogramLogProcessor")
+            .arg("-i")
+            .arg(&hlog)
+            // Our values are microseconds: print them unscaled.
+            .args(["-outputValueUnitRatio", "1", "-o"])
+            .arg(&out);
+        if let Some(tag) = tag {
+            java.args(["-tag", tag]);
+        }
+        let status = java.output().expect("java runs");
+        assert!(status.status.success(), "{status:?}");
+        let hgrm = std::fs::read_to_string(out.with_extension("hgrm"))
+            .or_else(|_| std::fs::read_to_string(format!("{}.hgrm", out.display())))
+            .expect("HistogramLogProcessor writes a .hgrm file");
+        // "#[Max     =     3543.000, Total count    =         8000]"
+        let field = |name: &str| -> f64 {
+            let at = hgrm
+                .find(name)
+                .unwrap_or_else(|| panic!("no {name} in {hgrm}"));
+            let rest = hgrm[at + name.len()..].trim_start_matches([' ', '=']);
+            let end = rest.find([',', ']']).unwrap();
+            rest[..end].trim().parse().unwrap()
+        };
+        let want = &report[key];
+        assert_eq!(
+            field("Total count") as u64,
+            want["count"].as_u64().unwrap(),
+            "{key}"
+        );
+        let max_us = want["max_ms"].as_f64().unwrap() * 1000.0;
+        assert!(
+            (field("Max") - max_us).abs() <= 1.0,
+            "{key}: max {} vs {max_us}",
+            field("Max")
+        );
+        let mean_us = want["mean_ms"].as_f64().unwrap() * 1000.0;
+        assert!(
+            (field("Mean") - mean_us).abs() <= 1.0,
+            "{key}: mean {} vs {mean_us}",
+            field("Mean")
+        );
+        let _ = std::fs::remove_file(out.with_extension("hgrm"));
+        let _ = std::fs::remove_file(format!("{}.hgrm", out.display()));
+        let _ = std::fs::remove_file(out);
+    }
     let _ = std::fs::remove_file(json);
     let _ = std::fs::remove_file(hlog);
 }
