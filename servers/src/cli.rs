@@ -78,6 +78,12 @@ pub struct Args {
     #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub header_timeout: u64,
 
+    /// Seconds a response write may make no progress (a client that stops reading while
+    /// responses pile up); then the connection is closed. Every variant: `SO_SNDTIMEO`
+    /// for the blocking ones, a timer around the write for epoll and io-uring.
+    #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub send_timeout: u64,
+
     /// Request log: `sync` writes each line as it happens, `buffered` batches lines in a
     /// background writer (few large writes), `stdout` writes each line to standard output,
     /// `off` logs nothing.
@@ -200,6 +206,10 @@ impl Args {
 
     pub fn header_timeout(&self) -> std::time::Duration {
         std::time::Duration::from_secs(self.header_timeout)
+    }
+
+    pub fn send_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.send_timeout)
     }
 
     pub fn pool_size(&self) -> usize {

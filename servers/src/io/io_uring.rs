@@ -36,7 +36,9 @@
 //! in it in order, append each response to one write buffer, send the batch in one SEND,
 //! read again. The RECV future is kept until it completes: a timeout or a shutdown cancels
 //! it in the kernel (ASYNC_CANCEL or SHUTDOWN) and then waits for its completion, because
-//! an abandoned operation would keep the socket open inside the kernel.
+//! an abandoned operation would keep the socket open inside the kernel. The same holds
+//! for a SEND to a client that stopped reading: after `--send-timeout` without progress
+//! it is cancelled and awaited (see [`send_all`]) before the connection closes.
 
 use std::cell::Cell;
 use std::io;
@@ -113,6 +115,7 @@ pub fn run(args: &Args) -> Result<()> {
         let sqpoll_idle_ms = args.sqpoll_idle_ms();
         let options = Options {
             header_timeout: args.header_timeout(),
+            send_timeout: args.send_timeout(),
             nodelay: args.nodelay(),
             split_writes,
         };
@@ -270,6 +273,7 @@ fn listen(addr: SocketAddr, count: usize) -> Result<(Vec<OwnedFd>, SocketAddr)> 
 #[derive(Debug, Clone, Copy)]
 struct Options {
     header_timeout: Duration,
+    send_timeout: Duration,
     nodelay: bool,
     split_writes: bool,
 }
@@ -279,6 +283,8 @@ struct Runtime {
     store: RuntimeStore,
     /// `--header-timeout`.
     header_timeout: Duration,
+    /// `--send-timeout`: how long a SEND may make no progress.
+    send_timeout: Duration,
     /// `--nodelay`: TCP_NODELAY on accepted sockets.
     nodelay: bool,
     /// `--write-mode split`: each response's head and body in SENDs of their own.
@@ -343,6 +349,7 @@ async fn serve(
     let runtime = Rc::new(Runtime {
         store,
         header_timeout: options.header_timeout,
+        send_timeout: options.send_timeout,
         nodelay: options.nodelay,
         split_writes: options.split_writes,
         stopping: Cell::new(false),
@@ -439,12 +446,14 @@ async fn serve_connection(socket: RingSocket, runtime: Rc<Runtime>) {
                     if runtime.split_writes {
                         // `--write-mode split`: head and body in two SENDs of their own.
                         http1::write_head(&mut output, &response, &framed);
-                        let (mut sent, buffer) = send_all(&socket, output).await;
+                        let (mut sent, buffer) =
+                            send_all(&socket, output, runtime.send_timeout).await;
                         output = buffer;
                         output.clear();
                         if sent.is_ok() {
                             output.extend_from_slice(&response.body);
-                            let (body_sent, buffer) = send_all(&socket, output).await;
+                            let (body_sent, buffer) =
+                                send_all(&socket, output, runtime.send_timeout).await;
                             (sent, output) = (body_sent, buffer);
                             output.clear();
                         }
@@ -474,7 +483,7 @@ async fn serve_connection(socket: RingSocket, runtime: Rc<Runtime>) {
             waiting_since = Instant::now();
         }
         if !output.is_empty() {
-            let (sent, buffer) = send_all(&socket, output).await;
+            let (sent, buffer) = send_all(&socket, output, runtime.send_timeout).await;
             output = buffer;
             output.clear();
             if output.capacity() > WRITE_KEEP {
@@ -499,7 +508,12 @@ async fn serve_connection(socket: RingSocket, runtime: Rc<Runtime>) {
             let room = input.capacity().min(READ_LIMIT - input.capacity());
             if room == 0 {
                 METRICS.record("bad_request", 431, Duration::ZERO);
-                let (_, buffer) = send_all(&socket, app::error_response_bytes(431)).await;
+                let (_, buffer) = send_all(
+                    &socket,
+                    app::error_response_bytes(431),
+                    runtime.send_timeout,
+                )
+                .await;
                 drop(buffer);
                 break 'connection End::Linger(Drain::Buffer(std::mem::take(&mut input)));
             }
@@ -527,7 +541,7 @@ async fn serve_connection(socket: RingSocket, runtime: Rc<Runtime>) {
                 _ = &mut timer => {
                     // Slow or silent client: 408, with the read still pending.
                     METRICS.record("bad_request", 408, Duration::ZERO);
-                    let (_, buffer) = send_all(&socket, app::error_response_bytes(408)).await;
+                    let (_, buffer) = send_all(&socket, app::error_response_bytes(408), runtime.send_timeout).await;
                     drop(buffer);
                     break 'connection End::Linger(Drain::Pending(read));
                 }
@@ -595,11 +609,30 @@ async fn linger_close(socket: RingSocket, drain: Drain) {
 }
 
 /// Sends all of `buffer`, usually in one SEND. Gives the buffer back for reuse.
-async fn send_all(socket: &RingSocket, buffer: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
+///
+/// A SEND that makes no progress for `timeout` (`--send-timeout`: the client stopped
+/// reading and the socket's send buffer is full) is cancelled in the kernel
+/// (ASYNC_CANCEL) and then awaited, so that the buffer and the descriptor come back before
+/// the connection is closed; the result is then `TimedOut`. Each SEND that completes has
+/// sent something, so the clock restarts with every SEND: a slow reader is not cut off.
+async fn send_all(
+    socket: &RingSocket,
+    buffer: Vec<u8>,
+    timeout: Duration,
+) -> (io::Result<()>, Vec<u8>) {
     let mut buffer = buffer;
     let mut sent = 0;
     while sent < buffer.len() {
-        let (result, slice) = socket.send(buffer.slice(sent..)).await;
+        let mut send = socket.send(buffer.slice(sent..));
+        let (result, slice) = tokio::select! {
+            biased;
+            done = &mut send => done,
+            _ = tokio::time::sleep(timeout) => {
+                let _ = socket.cancel_all().await;
+                let (_, slice) = send.await;
+                return (Err(io::ErrorKind::TimedOut.into()), slice.into_inner());
+            }
+        };
         buffer = slice.into_inner();
         match result {
             Ok(0) => return (Err(io::ErrorKind::WriteZero.into()), buffer),
