@@ -38,7 +38,7 @@
 //! it in the kernel (ASYNC_CANCEL or SHUTDOWN) and then waits for its completion, because
 //! an abandoned operation would keep the socket open inside the kernel. The same holds
 //! for a SEND to a client that stopped reading: after `--send-timeout` without progress
-//! it is cancelled and awaited (see [`send_all`]) before the connection closes.
+//! it is cancelled and awaited (see `send_all`) before the connection closes.
 
 use std::cell::Cell;
 use std::io;
