@@ -2,7 +2,8 @@
 //! against every variant. After each case the server must still answer a normal request,
 //! and it must never panic, leak a descriptor or a thread, or hold a worker that others
 //! need beyond the header timeout (1 s here, `--header-timeout 1`), nor one whose client
-//! stopped reading beyond the send timeout (`--send-timeout 1` in that case).
+//! stopped reading beyond the send timeout (`--send-timeout 1` in that case). The io-uring
+//! variant runs the suite twice: as it comes, and with `--registered-buffers on`.
 
 mod support;
 
@@ -13,10 +14,19 @@ use std::time::{Duration, Instant};
 use servers::launch::{LaunchOptions, ServerProcess};
 use support::{get, Http};
 
+/// Starts `variant`; `io-uring+registered-buffers` is the io-uring variant with
+/// `--registered-buffers on`, so that its READ_FIXED/WRITE_FIXED paths (and their fallback
+/// when the pool runs dry) meet the same hostile clients.
 fn start(variant: &str, extra: &[&str]) -> ServerProcess {
+    let (variant, knob) = variant.split_once('+').unwrap_or((variant, ""));
+    let knob: &[&str] = match knob {
+        "registered-buffers" => &["--registered-buffers", "on"],
+        _ => &[],
+    };
     let mut options = LaunchOptions::new(variant, &support::database_url());
     options.extra_args = ["--header-timeout", "1"]
         .iter()
+        .chain(knob)
         .chain(extra)
         .map(|s| s.to_string())
         .collect();
@@ -458,4 +468,5 @@ hostile!(
     thread_per_request => "thread-per-request",
     thread_pool => "thread-pool",
     io_uring => "io-uring",
+    io_uring_registered_buffers => "io-uring+registered-buffers",
 );
