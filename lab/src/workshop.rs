@@ -89,6 +89,15 @@ impl Setup {
         }
     }
 
+    /// The base setup on the io-uring variant, with server flags; the label is the flags.
+    const fn io_uring(label: &'static str, server_args: &'static [&'static str]) -> Setup {
+        Setup {
+            variant: "io-uring",
+            server_args,
+            ..Setup::base(label)
+        }
+    }
+
     pub fn run_args(&self, settings: &Settings) -> RunArgs {
         RunArgs {
             variants: vec![self.variant.to_string()],
@@ -154,6 +163,8 @@ pub enum Figure {
     RingOps,
     /// One syscall by name, whatever its category.
     Call(&'static str),
+    /// One io_uring opcode by name (`recv`, `read_fixed`), whatever its category.
+    RingOp(&'static str),
 }
 
 impl Figure {
@@ -163,6 +174,7 @@ impl Figure {
             Figure::AllSyscalls => "syscalls/request".into(),
             Figure::RingOps => "ring ops/request".into(),
             Figure::Call(name) => format!("{name} calls/request"),
+            Figure::RingOp(name) => format!("{name} ring ops/request"),
         }
     }
 
@@ -180,25 +192,29 @@ impl Figure {
             Figure::Syscalls(c) => category(c).map(|c| c.0),
             Figure::AllSyscalls => summary.syscalls_per_request.map(|s| s.median),
             Figure::RingOps => summary.ring_ops_per_request.map(|s| s.median),
-            Figure::Call(name) => {
-                let per_round: Vec<f64> = v
-                    .rounds
-                    .iter()
-                    .filter_map(|r| {
-                        let p = r.profile.as_ref()?;
-                        let n: u64 = p
-                            .calls
-                            .iter()
-                            .filter(|c| c.kind == tracer::Kind::Syscall && c.name == *name)
-                            .map(|c| c.stats.count)
-                            .sum();
-                        Some(n as f64 / r.load.requests.max(1) as f64)
-                    })
-                    .collect();
-                (!per_round.is_empty()).then(|| crate::results::Spread::of(&per_round).median)
-            }
+            Figure::Call(name) => per_request(v, tracer::Kind::Syscall, name),
+            Figure::RingOp(name) => per_request(v, tracer::Kind::RingOp, name),
         }
     }
+}
+
+/// How many calls of one kind and name a request made: the median over rounds.
+fn per_request(v: &VariantResult, kind: tracer::Kind, name: &str) -> Option<f64> {
+    let per_round: Vec<f64> = v
+        .rounds
+        .iter()
+        .filter_map(|r| {
+            let p = r.profile.as_ref()?;
+            let n: u64 = p
+                .calls
+                .iter()
+                .filter(|c| c.kind == kind && c.name == name)
+                .map(|c| c.stats.count)
+                .sum();
+            Some(n as f64 / r.load.requests.max(1) as f64)
+        })
+        .collect();
+    (!per_round.is_empty()).then(|| crate::results::Spread::of(&per_round).median)
 }
 
 /// How a figure must move from before to after.
@@ -487,16 +503,8 @@ pub const EXERCISES: &[Exercise] = &[
         title: "io_uring: submitting without io_uring_enter (SQPOLL)",
         knob: "server --sqpoll off → on (io-uring)",
         plan: Plan::BeforeAfter {
-            before: Setup {
-                variant: "io-uring",
-                server_args: &["--sqpoll", "off"],
-                ..Setup::base("--sqpoll off")
-            },
-            after: Setup {
-                variant: "io-uring",
-                server_args: &["--sqpoll", "on"],
-                ..Setup::base("--sqpoll on")
-            },
+            before: Setup::io_uring("--sqpoll off", &["--sqpoll", "off"]),
+            after: Setup::io_uring("--sqpoll on", &["--sqpoll", "on"]),
             // Measured 0.26 io_uring_enter per request → 0; the ring operations stay.
             expect: &[
                 expect(Figure::Call("io_uring_enter"), Bound::BeforeAtLeast(0.05)),
@@ -529,6 +537,28 @@ pub const EXERCISES: &[Exercise] = &[
                 Figure::Syscalls("network"),
                 Bound::RatioWithin(0.8, 1.25),
             )],
+        },
+    },
+    Exercise {
+        number: 13,
+        slug: "registered-buffers",
+        title: "io_uring: registered buffers",
+        knob: "server --registered-buffers off → on (io-uring)",
+        plan: Plan::BeforeAfter {
+            before: Setup::io_uring("--registered-buffers off", &["--registered-buffers", "off"]),
+            after: Setup::io_uring("--registered-buffers on", &["--registered-buffers", "on"]),
+            // The client's RECV and SEND become READ_FIXED and WRITE_FIXED, one each per
+            // request; no syscall is added (the saving is inside the kernel's operation).
+            expect: &[
+                expect(Figure::RingOp("recv"), Bound::BeforeAtLeast(0.9)),
+                expect(Figure::RingOp("recv"), Bound::AfterAtMost(0.05)),
+                expect(Figure::RingOp("send"), Bound::BeforeAtLeast(0.9)),
+                expect(Figure::RingOp("send"), Bound::AfterAtMost(0.05)),
+                expect(Figure::RingOp("read_fixed"), Bound::AfterAtLeast(0.9)),
+                expect(Figure::RingOp("write_fixed"), Bound::AfterAtLeast(0.9)),
+                expect(Figure::RingOps, Bound::RatioWithin(0.9, 1.1)),
+                expect(Figure::AllSyscalls, Bound::AtMostTimes(1.25)),
+            ],
         },
     },
 ];

@@ -120,3 +120,8 @@ fn exercise_11_sqpoll() {
 fn exercise_12_observer_effect() {
     check(12);
 }
+
+#[test]
+fn exercise_13_registered_buffers() {
+    check(13);
+}

@@ -78,6 +78,12 @@ pub struct Args {
     #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub header_timeout: u64,
 
+    /// Seconds a response write may make no progress (a client that stops reading while
+    /// responses pile up); then the connection is closed. Every variant: `SO_SNDTIMEO`
+    /// for the blocking ones, a timer around the write for epoll and io-uring.
+    #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub send_timeout: u64,
+
     /// Request log: `sync` writes each line as it happens, `buffered` batches lines in a
     /// background writer (few large writes), `stdout` writes each line to standard output,
     /// `off` logs nothing.
@@ -114,6 +120,14 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = OnOff::Off)]
     pub sqpoll: OnOff,
 
+    /// `io-uring`: client reads and writes as READ_FIXED and WRITE_FIXED on buffers
+    /// registered with each ring once (`on`; 2 MiB pinned per runtime), so the kernel
+    /// does not look up and pin the pages of every operation's buffer; or as RECV and SEND
+    /// on ordinary memory (`off`). When every registered buffer is in use, or a batch of
+    /// responses is larger than one (16 KiB), that operation falls back to RECV or SEND.
+    #[arg(long, value_enum, default_value_t = OnOff::Off)]
+    pub registered_buffers: OnOff,
+
     /// File of the request log in `sync` and `buffered` modes.
     #[arg(long, value_name = "PATH", default_value = "server.log")]
     pub log_file: PathBuf,
@@ -149,6 +163,11 @@ impl Args {
         if self.sqpoll == OnOff::On && self.variant != Variant::IoUring {
             anyhow::bail!("--sqpoll on needs the io-uring variant: the others have no ring");
         }
+        if self.registered_buffers() && self.variant != Variant::IoUring {
+            anyhow::bail!(
+                "--registered-buffers on needs the io-uring variant: the others have no ring"
+            );
+        }
         let queries_in_flight = self.queries_mode == QueriesMode::InFlight;
         if queries_in_flight
             && matches!(
@@ -170,6 +189,12 @@ impl Args {
     /// How long an idle SQPOLL thread spins before it sleeps, when `--sqpoll on`.
     pub fn sqpoll_idle_ms(&self) -> Option<u32> {
         (self.sqpoll == OnOff::On).then_some(SQPOLL_IDLE_MS)
+    }
+
+    /// Whether client I/O uses registered buffers (`--registered-buffers on`; checked
+    /// against the variant by [`Args::knobs`]).
+    pub fn registered_buffers(&self) -> bool {
+        self.registered_buffers == OnOff::On
     }
 
     pub fn nodelay(&self) -> bool {
@@ -200,6 +225,10 @@ impl Args {
 
     pub fn header_timeout(&self) -> std::time::Duration {
         std::time::Duration::from_secs(self.header_timeout)
+    }
+
+    pub fn send_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.send_timeout)
     }
 
     pub fn pool_size(&self) -> usize {

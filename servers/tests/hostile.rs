@@ -1,7 +1,9 @@
 //! The hostile-client suite: malformed, oversized, slow, vanishing and numerous clients,
 //! against every variant. After each case the server must still answer a normal request,
 //! and it must never panic, leak a descriptor or a thread, or hold a worker that others
-//! need beyond the header timeout (1 s here, `--header-timeout 1`).
+//! need beyond the header timeout (1 s here, `--header-timeout 1`), nor one whose client
+//! stopped reading beyond the send timeout (`--send-timeout 1` in that case). The io-uring
+//! variant runs the suite twice: as it comes, and with `--registered-buffers on`.
 
 mod support;
 
@@ -12,10 +14,19 @@ use std::time::{Duration, Instant};
 use servers::launch::{LaunchOptions, ServerProcess};
 use support::{get, Http};
 
+/// Starts `variant`; `io-uring+registered-buffers` is the io-uring variant with
+/// `--registered-buffers on`, so that its READ_FIXED/WRITE_FIXED paths (and their fallback
+/// when the pool runs dry) meet the same hostile clients.
 fn start(variant: &str, extra: &[&str]) -> ServerProcess {
+    let (variant, knob) = variant.split_once('+').unwrap_or((variant, ""));
+    let knob: &[&str] = match knob {
+        "registered-buffers" => &["--registered-buffers", "on"],
+        _ => &[],
+    };
     let mut options = LaunchOptions::new(variant, &support::database_url());
     options.extra_args = ["--header-timeout", "1"]
         .iter()
+        .chain(knob)
         .chain(extra)
         .map(|s| s.to_string())
         .collect();
@@ -76,6 +87,42 @@ fn open_client_sockets(port: u16) -> usize {
             local_port == Some(port) && matches!(fields.get(3), Some(&"01") | Some(&"08"))
         })
         .count()
+}
+
+/// The server's descriptors that are sockets on its own port: its listeners and its client
+/// connections, whatever their TCP state. What a misbehaving client could leak; the
+/// descriptors the database driver opens on first use (its connections, and the blocking
+/// driver's own epoll and eventfd) are not counted.
+fn port_fds(pid: u32, port: u16) -> usize {
+    let mut inodes = std::collections::HashSet::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let local_port = fields
+                .get(1)
+                .and_then(|a| a.rsplit(':').next())
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            if let (Some(true), Some(inode)) = (local_port.map(|p| p == port), fields.get(9)) {
+                inodes.insert(format!("socket:[{inode}]"));
+            }
+        }
+    }
+    fd_targets(pid)
+        .iter()
+        .filter(|target| inodes.contains(*target))
+        .count()
+}
+
+fn fd_targets(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|dir| {
+            dir.filter_map(|entry| entry.ok())
+                .filter_map(|entry| std::fs::read_link(entry.path()).ok())
+                .map(|target| target.to_string_lossy().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn threads(pid: u32) -> usize {
@@ -257,6 +304,92 @@ fn vanishing_clients_leak_nothing(variant: &str) {
     );
 }
 
+/// A client that pipelines requests with large responses and never reads them: once the
+/// server's writes stop making progress for `--send-timeout`, it closes the connection,
+/// and its descriptors and threads come back; a fresh client is answered meanwhile.
+fn stalled_reader_is_cut_off(variant: &str) {
+    let server = start(variant, &["--send-timeout", "1"]);
+    let addr = server.addr();
+    assert_still_serving(&server);
+    let (fds_before, threads_before) = (port_fds(server.pid(), addr.port()), threads(server.pid()));
+
+    // A small receive buffer, so that the client's window closes soon: the server's
+    // socket buffer fills and its writes stall instead of being swallowed by the kernel.
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.connect(&addr.into()).unwrap();
+    let stalled: TcpStream = socket.into();
+    let mut writer = stalled.try_clone().unwrap();
+    // 8000 requests whose responses (about 1.2 KB each, 10 MB in all) are far more than
+    // the socket buffers on both sides hold. Writing stops early when the server stops
+    // taking requests (it stops reading while its own writes are stuck). Bounded, because
+    // a server that answers pipelined requests before writing any (hyper delays its flush
+    // while more requests are buffered) would otherwise be kept busy for as long as the
+    // client keeps sending.
+    let pipeliner = std::thread::spawn(move || {
+        writer
+            .set_write_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let batch = b"GET /fortunes HTTP/1.1\r\nHost: a\r\n\r\n".repeat(32);
+        let mut sent = 0usize;
+        for _ in 0..250 {
+            if writer.write_all(&batch).is_err() {
+                break;
+            }
+            sent += batch.len();
+        }
+        sent
+    });
+
+    // Served meanwhile, whatever the stalled connection holds.
+    assert_still_serving(&server);
+    let sent = pipeliner.join().unwrap();
+    assert!(
+        sent > 0,
+        "the stalled client could not even send its requests"
+    );
+
+    let left_open = settles(0, || open_client_sockets(addr.port()));
+    assert_eq!(
+        left_open,
+        0,
+        "the server kept the connection of a client that stopped reading:\n{}",
+        server.stderr_tail(20)
+    );
+    // The client sees the end too: end of file or a reset, not a connection still open.
+    let mut stalled = stalled;
+    stalled
+        .set_read_timeout(Some(support::READ_TIMEOUT))
+        .unwrap();
+    let mut sink = [0u8; 64 * 1024];
+    let ended = loop {
+        match stalled.read(&mut sink) {
+            Ok(0) => break Ok(()),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break Ok(()),
+            Err(e) => break Err(e),
+        }
+    };
+    assert!(
+        ended.is_ok(),
+        "the stalled connection is still open: {ended:?}"
+    );
+    drop(stalled);
+
+    assert_still_serving(&server);
+    let fds_now = settles(fds_before, || port_fds(server.pid(), addr.port()));
+    assert!(
+        fds_now <= fds_before,
+        "descriptors leaked: {fds_before} before, {fds_now} after: {:?}",
+        fd_targets(server.pid())
+    );
+    let threads_now = settles(threads_before, || threads(server.pid()));
+    assert!(
+        threads_now <= threads_before,
+        "threads leaked: {threads_before} before, {threads_now} after"
+    );
+}
+
 fn thousands_of_idle_connections(variant: &str) {
     raise_fd_limit();
     let server = start(
@@ -331,6 +464,7 @@ macro_rules! hostile {
             #[test] fn garbage_in_path_and_query() { super::garbage_in_path_and_query($variant) }
             #[test] fn silent_and_slow_clients_get_408() { super::silent_and_slow_clients_get_408($variant) }
             #[test] fn vanishing_clients_leak_nothing() { super::vanishing_clients_leak_nothing($variant) }
+            #[test] fn stalled_reader_is_cut_off() { super::stalled_reader_is_cut_off($variant) }
             #[test] fn thousands_of_idle_connections() { super::thousands_of_idle_connections($variant) }
         }
     )*};
@@ -341,4 +475,5 @@ hostile!(
     thread_per_request => "thread-per-request",
     thread_pool => "thread-pool",
     io_uring => "io-uring",
+    io_uring_registered_buffers => "io-uring+registered-buffers",
 );

@@ -7,6 +7,11 @@
 //! request that arrived with it is answered from that read) and one `write` of all their
 //! responses. The read blocks the thread in the kernel until the client sends; the
 //! header timeout (`--header-timeout`) is the socket's `SO_RCVTIMEO`, so waiting costs no extra syscall.
+//! A write that makes no progress for `--send-timeout` (a client that stopped reading while
+//! its responses piled up) fails with `EAGAIN`: the socket's `SO_SNDTIMEO`, inherited from
+//! the listener. The kernel restarts that clock whenever a `write` returns having sent
+//! something, so only a stalled client is cut off, not a slow one; the thread then closes
+//! the connection and is free again.
 //!
 //! Shutdown: SIGINT and SIGTERM are blocked in every thread and taken by a `signals`
 //! thread (`sigwait`), which shuts the listening socket (waking the blocked `accept`) and
@@ -30,10 +35,15 @@ use crate::http1::{self, Parsed};
 use crate::logging;
 use crate::metrics::METRICS;
 
-/// Opens the listening socket with the lab's backlog.
-pub fn listen(addr: SocketAddr) -> Result<TcpListener> {
+/// Opens the listening socket with the lab's backlog. `send_timeout` is set on the
+/// listener as `SO_SNDTIMEO`: accepted sockets are cloned from it in the kernel and
+/// inherit it, so the bound on a stalled write costs no syscall per connection.
+pub fn listen(addr: SocketAddr, send_timeout: Duration) -> Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
+    socket
+        .set_write_timeout(Some(send_timeout))
+        .context("setting SO_SNDTIMEO on the listener")?;
     socket
         .bind(&addr.into())
         .with_context(|| format!("binding {addr} (is another server running there?)"))?;

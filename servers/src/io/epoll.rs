@@ -13,6 +13,7 @@
 //! `epoll_wait` that waits for the answer. Wake-ups between workers are `futex` calls.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -92,7 +93,7 @@ async fn serve(args: &Args) -> Result<()> {
                     if args.nodelay() {
                         let _ = stream.set_nodelay(true);
                     }
-                    tokio::spawn(serve_connection(http.clone(), stream, store.clone(), stop_signal.clone()));
+                    tokio::spawn(serve_connection(http.clone(), stream, store.clone(), args.send_timeout(), stop_signal.clone()));
                 }
                 Err(error) => {
                     // EMFILE and friends: wait a little rather than spin on a full fd table.
@@ -124,10 +125,14 @@ async fn serve_connection(
     http: http1::Builder,
     stream: TcpStream,
     store: Arc<SqlxPool>,
+    send_timeout: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
     let service = service_fn(move |request| handle(request, store.clone()));
-    let mut connection = http.serve_connection(TokioIo::new(DeferredShutdown(stream)), service);
+    let mut connection = http.serve_connection(
+        TokioIo::new(DeferredShutdown::new(stream, send_timeout)),
+        service,
+    );
     let result = tokio::select! {
         result = &mut connection => result,
         _ = async { drop(stop.wait_for(|stop| *stop).await) } => {
@@ -135,7 +140,7 @@ async fn serve_connection(
             (&mut connection).await
         }
     };
-    let mut stream = connection.into_parts().io.into_inner().0;
+    let mut stream = connection.into_parts().io.into_inner().stream;
     let Err(error) = result else {
         let _ = stream.shutdown().await;
         return;
@@ -151,7 +156,9 @@ async fn serve_connection(
         return;
     };
     METRICS.record("bad_request", status, Duration::ZERO);
-    let _ = stream.write_all(&app::error_response_bytes(status)).await;
+    // Bounded like every other write: this client may not be reading either.
+    let owed = app::error_response_bytes(status);
+    let _ = tokio::time::timeout(send_timeout, stream.write_all(&owed)).await;
     let _ = stream.shutdown().await;
 }
 
@@ -160,7 +167,49 @@ async fn serve_connection(
 /// client is owed could no longer be sent. The connection task shuts the socket itself
 /// once hyper is done. Reads and writes go straight to tokio's `TcpStream`, so their
 /// syscalls are the same as without the wrapper.
-struct DeferredShutdown(TcpStream);
+///
+/// It also bounds a write that makes no progress (`--send-timeout`), which hyper does not:
+/// a client that stops reading while its pipelined responses pile up would otherwise hold
+/// its task and buffers forever. The timer is armed only when a write finds the socket
+/// full (`EAGAIN`, so no syscall of its own) and dropped as soon as a write succeeds.
+struct DeferredShutdown {
+    stream: TcpStream,
+    send_timeout: Duration,
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl DeferredShutdown {
+    fn new(stream: TcpStream, send_timeout: Duration) -> Self {
+        DeferredShutdown {
+            stream,
+            send_timeout,
+            stalled: None,
+        }
+    }
+
+    /// Passes a write's outcome on, timing how long the socket has refused to take bytes.
+    fn bound_stall(
+        &mut self,
+        cx: &mut Context<'_>,
+        written: Poll<std::io::Result<usize>>,
+    ) -> Poll<std::io::Result<usize>> {
+        if written.is_ready() {
+            self.stalled = None;
+            return written;
+        }
+        let timeout = self.send_timeout;
+        let stall = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        match stall.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client read nothing for the send timeout",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
 
 impl tokio::io::AsyncRead for DeferredShutdown {
     fn poll_read(
@@ -168,7 +217,7 @@ impl tokio::io::AsyncRead for DeferredShutdown {
         cx: &mut Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
+        Pin::new(&mut self.stream).poll_read(cx, buf)
     }
 }
 
@@ -178,7 +227,8 @@ impl tokio::io::AsyncWrite for DeferredShutdown {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
+        let written = Pin::new(&mut self.stream).poll_write(cx, buf);
+        self.bound_stall(cx, written)
     }
 
     fn poll_write_vectored(
@@ -186,15 +236,16 @@ impl tokio::io::AsyncWrite for DeferredShutdown {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+        let written = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        self.bound_stall(cx, written)
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.0.is_write_vectored()
+        self.stream.is_write_vectored()
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
+        Pin::new(&mut self.stream).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {

@@ -36,7 +36,7 @@ pub fn run(args: &Args) -> Result<()> {
         config.clone(),
         args.pool_size(),
     )));
-    let listener = blocking::listen(args.listen)?;
+    let listener = blocking::listen(args.listen, args.send_timeout())?;
     let connections = Arc::new(Connections::new(args)?);
     blocking::handle_signals(connections.clone(), &listener)?;
     blocking::wait_for_database(

@@ -28,7 +28,7 @@ pub fn run(args: &Args) -> Result<()> {
     let url = args.database_url();
     let config = settings(&url, args.knobs()?)?;
     let gauge = Arc::new(Gauge::default());
-    let listener = blocking::listen(args.listen)?;
+    let listener = blocking::listen(args.listen, args.send_timeout())?;
     let connections = Arc::new(Connections::new(args)?);
     blocking::handle_signals(connections.clone(), &listener)?;
     blocking::wait_for_database(
