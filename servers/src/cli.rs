@@ -94,6 +94,12 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = QueriesMode::Sequential)]
     pub queries_mode: QueriesMode,
 
+    /// Database client of `epoll` and `io-uring`: `sqlx`, a pool of connections each lent
+    /// to one request at a time, or `pipelined`, one tokio-postgres connection per runtime
+    /// thread shared by all its requests, their queries pipelined.
+    #[arg(long, value_enum, default_value_t = DbClient::Sqlx)]
+    pub db_client: DbClient,
+
     /// `/updates`: one bulk UPDATE for all rows (`bulk`), or one UPDATE per row (`row`).
     #[arg(long, value_enum, default_value_t = UpdatesMode::Bulk)]
     pub updates: UpdatesMode,
@@ -132,6 +138,12 @@ pub enum QueriesMode {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DbClient {
+    Sqlx,
+    Pipelined,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum UpdatesMode {
     Bulk,
     Row,
@@ -150,14 +162,14 @@ impl Args {
             anyhow::bail!("--sqpoll on needs the io-uring variant: the others have no ring");
         }
         let queries_in_flight = self.queries_mode == QueriesMode::InFlight;
-        if queries_in_flight
-            && matches!(
-                self.variant,
-                Variant::ThreadPerRequest | Variant::ThreadPool
-            )
-        {
+        if queries_in_flight && !queries_in_flight_possible(self.variant) {
             anyhow::bail!(
                 "--queries-mode in-flight needs an async variant (epoll or io-uring): a blocking thread waits for each answer in turn"
+            );
+        }
+        if self.db_client == DbClient::Pipelined && !queries_in_flight_possible(self.variant) {
+            anyhow::bail!(
+                "--db-client pipelined needs an async variant (epoll or io-uring): a blocking thread cannot share its connection"
             );
         }
         Ok(crate::database::Knobs {
@@ -205,6 +217,11 @@ impl Args {
     pub fn pool_size(&self) -> usize {
         self.pool_size.map_or_else(|| 4 * cpus(), |n| n as usize)
     }
+}
+
+/// Whether the variant is async: several database queries of one thread can be in flight.
+fn queries_in_flight_possible(variant: Variant) -> bool {
+    matches!(variant, Variant::Epoll | Variant::IoUring)
 }
 
 /// Milliseconds an SQPOLL kernel thread keeps polling without work before it sleeps.
