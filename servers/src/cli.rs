@@ -236,3 +236,29 @@ pub const DEFAULT_POOL_THREADS: usize = 128;
 pub fn cpus() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn knobs(args: &[&str]) -> anyhow::Result<crate::database::Knobs> {
+        let args = Args::try_parse_from(std::iter::once("server").chain(args.iter().copied()))?;
+        args.knobs()
+    }
+
+    #[test]
+    fn pipelined_client_only_for_async_variants() {
+        for variant in ["epoll", "io-uring"] {
+            knobs(&["--variant", variant, "--db-client", "pipelined"]).unwrap();
+        }
+        for variant in ["thread-per-request", "thread-pool"] {
+            let error = knobs(&["--variant", variant, "--db-client", "pipelined"]).unwrap_err();
+            assert!(
+                error.to_string().contains("needs an async variant"),
+                "{variant}: {error}"
+            );
+            knobs(&["--variant", variant]).unwrap();
+        }
+        assert!(knobs(&["--db-client", "pooled"]).is_err());
+    }
+}

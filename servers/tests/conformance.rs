@@ -157,7 +157,15 @@ fn expected_fortunes_page() -> String {
     page + "</table></body></html>"
 }
 
+/// Held by `updates_persist`: two of them at once (the matrix runs in parallel threads of
+/// one process, on one database) may write the same random row between one's update and its
+/// read-back, and fail a correct server.
+static UPDATES_ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn updates_persist(variant: &str) {
+    let _alone = UPDATES_ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
     let server = start(variant);
     let mut http = Http::connect(server.addr());
     for (target, expected) in [

@@ -176,7 +176,8 @@ pub fn run(args: &Args) -> Result<()> {
     }
 
     tracing::info!(
-        "io-uring variant serving http://{addr} with {runtimes} runtimes (one thread, io_uring and SO_REUSEPORT listener each), up to {} database connections ({} per runtime), log {:?}",
+        "io-uring variant serving http://{addr} with {runtimes} runtimes (one thread, io_uring and SO_REUSEPORT listener each), database client {:?} (sqlx: up to {} connections, {} per runtime; pipelined: one shared per runtime), log {:?}",
+        args.db_client,
         sizes.iter().sum::<usize>(),
         sizes.iter().map(ToString::to_string).collect::<Vec<_>>().join("/"),
         args.log
