@@ -100,6 +100,12 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = QueriesMode::Sequential)]
     pub queries_mode: QueriesMode,
 
+    /// Database client of `epoll` and `io-uring`: `sqlx`, a pool of connections each lent
+    /// to one request at a time, or `pipelined`, one tokio-postgres connection per runtime
+    /// thread shared by all its requests, their queries pipelined.
+    #[arg(long, value_enum, default_value_t = DbClient::Sqlx)]
+    pub db_client: DbClient,
+
     /// `/updates`: one bulk UPDATE for all rows (`bulk`), or one UPDATE per row (`row`).
     #[arg(long, value_enum, default_value_t = UpdatesMode::Bulk)]
     pub updates: UpdatesMode,
@@ -146,6 +152,12 @@ pub enum QueriesMode {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DbClient {
+    Sqlx,
+    Pipelined,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum UpdatesMode {
     Bulk,
     Row,
@@ -169,14 +181,14 @@ impl Args {
             );
         }
         let queries_in_flight = self.queries_mode == QueriesMode::InFlight;
-        if queries_in_flight
-            && matches!(
-                self.variant,
-                Variant::ThreadPerRequest | Variant::ThreadPool
-            )
-        {
+        if queries_in_flight && !queries_in_flight_possible(self.variant) {
             anyhow::bail!(
                 "--queries-mode in-flight needs an async variant (epoll or io-uring): a blocking thread waits for each answer in turn"
+            );
+        }
+        if self.db_client == DbClient::Pipelined && !queries_in_flight_possible(self.variant) {
+            anyhow::bail!(
+                "--db-client pipelined needs an async variant (epoll or io-uring): a blocking thread cannot share its connection"
             );
         }
         Ok(crate::database::Knobs {
@@ -236,6 +248,11 @@ impl Args {
     }
 }
 
+/// Whether the variant is async: several database queries of one thread can be in flight.
+fn queries_in_flight_possible(variant: Variant) -> bool {
+    matches!(variant, Variant::Epoll | Variant::IoUring)
+}
+
 /// Milliseconds an SQPOLL kernel thread keeps polling without work before it sleeps.
 pub const SQPOLL_IDLE_MS: u32 = 100;
 
@@ -247,4 +264,30 @@ pub const DEFAULT_POOL_THREADS: usize = 128;
 /// CPUs this process may run on (respects taskset and cgroup limits).
 pub fn cpus() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn knobs(args: &[&str]) -> anyhow::Result<crate::database::Knobs> {
+        let args = Args::try_parse_from(std::iter::once("server").chain(args.iter().copied()))?;
+        args.knobs()
+    }
+
+    #[test]
+    fn pipelined_client_only_for_async_variants() {
+        for variant in ["epoll", "io-uring"] {
+            knobs(&["--variant", variant, "--db-client", "pipelined"]).unwrap();
+        }
+        for variant in ["thread-per-request", "thread-pool"] {
+            let error = knobs(&["--variant", variant, "--db-client", "pipelined"]).unwrap_err();
+            assert!(
+                error.to_string().contains("needs an async variant"),
+                "{variant}: {error}"
+            );
+            knobs(&["--variant", variant]).unwrap();
+        }
+        assert!(knobs(&["--db-client", "pooled"]).is_err());
+    }
 }

@@ -35,7 +35,7 @@ use tokio::sync::watch;
 
 use crate::app::{self, Resolved};
 use crate::cli::Args;
-use crate::database::sqlx_pool::SqlxPool;
+use crate::database::AsyncDatabase;
 use crate::metrics::METRICS;
 use crate::{date, logging};
 
@@ -51,16 +51,24 @@ pub fn run(args: &Args) -> Result<()> {
 
 async fn serve(args: &Args) -> Result<()> {
     let url = args.database_url();
-    let store = Arc::new(SqlxPool::new(&url, args.pool_size(), args.knobs()?)?);
+    // The pipelined client shares one connection per worker thread.
+    let store = Arc::new(AsyncDatabase::new(
+        args.db_client,
+        &url,
+        args.pool_size(),
+        args.workers(),
+        args.knobs()?,
+    )?);
     let watched = store.clone();
     tokio::spawn(async move { watched.wait_until_reachable(db::redact(&url)).await });
 
     args.split_writes()?;
     let listener = listen(args.listen)?;
     tracing::info!(
-        "epoll variant serving http://{} with {} worker threads, up to {} database connections, log {:?}",
+        "epoll variant serving http://{} with {} worker threads, database client {:?} (up to {} pooled connections for sqlx, one shared per worker for pipelined), log {:?}",
         listener.local_addr()?,
         args.workers(),
+        args.db_client,
         args.pool_size(),
         args.log
     );
@@ -124,7 +132,7 @@ async fn serve(args: &Args) -> Result<()> {
 async fn serve_connection(
     http: http1::Builder,
     stream: TcpStream,
-    store: Arc<SqlxPool>,
+    store: Arc<AsyncDatabase>,
     send_timeout: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -268,7 +276,7 @@ fn listen(addr: SocketAddr) -> Result<TcpListener> {
 
 async fn handle(
     request: Request<Incoming>,
-    store: Arc<SqlxPool>,
+    store: Arc<AsyncDatabase>,
 ) -> Result<hyper::Response<Full<Bytes>>, Infallible> {
     let started = Instant::now();
     let _in_flight = METRICS.start_request();

@@ -60,7 +60,7 @@ use tokio_uring::{InFlightOneshot, OneshotOutputTransform, UnsubmittedOneshot};
 
 use crate::app::{self, AsyncStore, DatabaseError, Resolved};
 use crate::cli::Args;
-use crate::database::sqlx_pool::SqlxPool;
+use crate::database::AsyncDatabase;
 use crate::http1::{self, Parsed};
 use crate::logging;
 use crate::metrics::METRICS;
@@ -101,9 +101,10 @@ pub fn run(args: &Args) -> Result<()> {
     let sizes = split_pool(args.pool_size(), runtimes);
     let pools = sizes
         .iter()
-        .map(|&size| SqlxPool::new(&url, size, knobs).map(Arc::new))
+        // The pipelined client: one shared connection per runtime.
+        .map(|&size| AsyncDatabase::new(args.db_client, &url, size, 1, knobs).map(Arc::new))
         .collect::<Result<Vec<_>>>()?;
-    let all_pools: Arc<[Arc<SqlxPool>]> = pools.clone().into();
+    let all_pools: Arc<[Arc<AsyncDatabase>]> = pools.clone().into();
 
     let (stop, stop_signal) = watch::channel(false);
     let (ended, mut ended_signal) = tokio::sync::mpsc::unbounded_channel::<usize>();
@@ -208,7 +209,8 @@ pub fn run(args: &Args) -> Result<()> {
     }
 
     tracing::info!(
-        "io-uring variant serving http://{addr} with {runtimes} runtimes (one thread, io_uring and SO_REUSEPORT listener each), up to {} database connections ({} per runtime), log {:?}",
+        "io-uring variant serving http://{addr} with {runtimes} runtimes (one thread, io_uring and SO_REUSEPORT listener each), database client {:?} (sqlx: up to {} connections, {} per runtime; pipelined: one shared per runtime), log {:?}",
+        args.db_client,
         sizes.iter().sum::<usize>(),
         sizes.iter().map(ToString::to_string).collect::<Vec<_>>().join("/"),
         args.log
@@ -796,8 +798,8 @@ async fn answer(request: &http1::Request<'_>, runtime: &Runtime) -> (app::Respon
 /// The database as one runtime sees it: its own pool for queries (their sockets belong to
 /// this runtime's epoll), every runtime's pool for `/metrics`.
 struct RuntimeStore {
-    local: Arc<SqlxPool>,
-    all: Arc<[Arc<SqlxPool>]>,
+    local: Arc<AsyncDatabase>,
+    all: Arc<[Arc<AsyncDatabase>]>,
 }
 
 impl AsyncStore for RuntimeStore {

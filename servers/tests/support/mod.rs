@@ -46,8 +46,24 @@ pub fn server_binary() -> PathBuf {
 }
 
 /// Starts `server --variant VARIANT` against the shared database, request log off.
-pub fn start(variant: &str) -> ServerProcess {
-    start_with(LaunchOptions::new(variant, &database_url()))
+/// `VARIANT+pipelined` adds `--db-client pipelined` (see [`launch_options`]).
+pub fn start(setup: &str) -> ServerProcess {
+    start_with(launch_options(setup, &database_url()))
+}
+
+/// The options for a setup of the test matrix: a variant name, optionally followed by
+/// `+pipelined` for the pipelined database client.
+pub fn launch_options(setup: &str, database_url: &str) -> LaunchOptions {
+    let mut options = LaunchOptions::new(variant_name(setup), database_url);
+    if setup.ends_with("+pipelined") {
+        options.extra_args = vec!["--db-client".into(), "pipelined".into()];
+    }
+    options
+}
+
+/// The variant of a setup (`epoll+pipelined` is the epoll variant).
+pub fn variant_name(setup: &str) -> &str {
+    setup.split('+').next().unwrap_or(setup)
 }
 
 pub fn start_with(options: LaunchOptions) -> ServerProcess {
