@@ -41,9 +41,14 @@ pub const FREQUENCY: i32 = 199;
 pub const PROTOBUF: &str = "application/octet-stream";
 pub const SVG: &str = "image/svg+xml";
 
-/// Libraries whose frames the SIGPROF handler does not unwind through: unwinding while
-/// the interrupted thread is inside the unwinder or the allocator of libc can deadlock.
-const BLOCKLIST: [&str; 4] = ["libc", "libgcc", "pthread", "vdso"];
+/// Libraries in which an interrupted thread is not unwound (its sample is dropped): the
+/// unwinder itself, which must not be re-entered from a signal handler. libc is *not* on
+/// the list, although pprof-rs suggests it: a thread in a system call is interrupted at
+/// the `syscall` instruction inside libc's wrapper, and dropping those samples would hide
+/// the CPU time the kernel spends on `send`, `recv` and `epoll_wait`, what this lab is
+/// about. The unwinder takes no lock a thread inside libc could hold against it
+/// (`dl_iterate_phdr`'s lock is recursive, and the handler does not allocate).
+const BLOCKLIST: [&str; 1] = ["libgcc"];
 
 static ENABLED: AtomicBool = AtomicBool::new(true);
 static RECORDING: Mutex<()> = Mutex::new(());
@@ -136,6 +141,14 @@ fn record(format: Format, length: Duration) -> Result<Response, pprof::Error> {
         .blocklist(&BLOCKLIST)
         .build()?;
     std::thread::sleep(length);
+    if executable_replaced() {
+        // Symbols are read from the file at the executable's path, which now holds
+        // another build: every frame of the server would come out unnamed or misnamed.
+        return Ok(Response::text(
+            503,
+            "the server's executable was replaced on disk since it started (rebuilt?); restart it to get named frames\n",
+        ));
+    }
     // Sampling stops before symbolisation, so that the profile does not show itself.
     let report = {
         let unresolved = guard.report().build_unresolved()?;
@@ -160,6 +173,13 @@ fn record(format: Format, length: Duration) -> Result<Response, pprof::Error> {
             Response::new(200, PROTOBUF, report.pprof()?.encode_to_vec())
         }
     })
+}
+
+/// Whether the file this process was started from has been deleted or replaced (a
+/// rebuild while it runs): the kernel then marks the `/proc/self/exe` link `(deleted)`.
+fn executable_replaced() -> bool {
+    std::fs::read_link("/proc/self/exe")
+        .is_ok_and(|path| path.to_string_lossy().ends_with(" (deleted)"))
 }
 
 /// One function's share of a profile's samples.
@@ -243,6 +263,112 @@ pub fn summarise(protobuf: &[u8]) -> Result<(i64, Vec<FunctionShare>), String> {
     Ok((total, out))
 }
 
+/// The part of the server a function belongs to, from its name, for a summary of where
+/// the CPU goes: system calls (a libc wrapper as the innermost frame: the sample landed
+/// while the kernel worked for the thread, or just around it), the allocator, memory
+/// copies, HTTP parsing and framing, hyper, the database driver, the async runtime,
+/// rendering, logging, the rest of the server, the standard library, other.
+pub fn area(function: &str) -> &'static str {
+    let name = function.trim_start_matches('<');
+    let base = name
+        .trim_start_matches('_')
+        .trim_start_matches("GI_")
+        .trim_start_matches('_')
+        .trim_start_matches("libc_");
+    const SYSCALLS: [&str; 26] = [
+        "send",
+        "sendto",
+        "sendmsg",
+        "recv",
+        "recvfrom",
+        "recvmsg",
+        "read",
+        "write",
+        "writev",
+        "readv",
+        "epoll_wait",
+        "epoll_pwait",
+        "epoll_ctl",
+        "accept",
+        "accept4",
+        "close",
+        "syscall",
+        "io_uring_enter",
+        "futex_abstimed_wait_common",
+        "lll_lock_wait",
+        "clock_nanosleep",
+        "nanosleep",
+        "poll",
+        "sched_yield",
+        "shutdown",
+        "fdatasync",
+    ];
+    const AREAS: [(&str, &str); 18] = [
+        ("httparse::", "HTTP parsing and framing"),
+        ("servers::http1", "HTTP parsing and framing"),
+        ("hyper::", "hyper (HTTP)"),
+        ("hyper_util::", "hyper (HTTP)"),
+        ("sqlx", "database driver"),
+        ("postgres", "database driver"),
+        ("tokio_postgres", "database driver"),
+        ("tokio_uring::", "async runtime"),
+        ("io_uring::", "async runtime"),
+        ("tokio::", "async runtime"),
+        ("mio::", "async runtime"),
+        ("futures", "async runtime"),
+        ("serde_json", "rendering (JSON, HTML)"),
+        ("servers::render", "rendering (JSON, HTML)"),
+        ("servers::logging", "request log"),
+        ("tracing", "request log"),
+        ("servers::", "the server's own code"),
+        ("std::", "Rust standard library"),
+    ];
+    if SYSCALLS.contains(&base) || base.starts_with("syscall") {
+        "system calls (kernel)"
+    } else if [
+        "malloc",
+        "int_malloc",
+        "int_free",
+        "free",
+        "cfree",
+        "realloc",
+        "calloc",
+    ]
+    .contains(&base)
+        || base.starts_with("malloc_")
+        || base.starts_with("tcache")
+        || base.starts_with("unlink_chunk")
+    {
+        "allocator (malloc, free)"
+    } else if base.starts_with("memcpy")
+        || base.starts_with("memmove")
+        || base.starts_with("memset")
+    {
+        "memory copies"
+    } else if let Some((_, area)) = AREAS.iter().find(|(prefix, _)| name.starts_with(prefix)) {
+        area
+    } else if name.starts_with("core::") || name.starts_with("alloc::") {
+        "Rust standard library"
+    } else {
+        "other"
+    }
+}
+
+/// Self samples per [`area`], most first.
+pub fn areas(functions: &[FunctionShare]) -> Vec<(String, i64)> {
+    let mut by_area: HashMap<&'static str, i64> = HashMap::new();
+    for f in functions {
+        *by_area.entry(area(&f.name)).or_default() += f.self_samples;
+    }
+    let mut out: Vec<(String, i64)> = by_area
+        .into_iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(a, n)| (a.to_string(), n))
+        .collect();
+    out.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -267,6 +393,29 @@ mod tests {
             Some(Format::Protobuf)
         );
         assert_eq!(Request::resolve("/debug/pprof/heap", None), None);
+    }
+
+    #[test]
+    fn functions_fall_into_areas() {
+        assert_eq!(area("__libc_send"), "system calls (kernel)");
+        assert_eq!(area("__GI___libc_write"), "system calls (kernel)");
+        assert_eq!(area("epoll_wait"), "system calls (kernel)");
+        assert_eq!(area("_int_malloc"), "allocator (malloc, free)");
+        assert_eq!(area("__memmove_avx_unaligned_erms"), "memory copies");
+        assert_eq!(
+            area("httparse::parse_headers_iter"),
+            "HTTP parsing and framing"
+        );
+        assert_eq!(
+            area("<hyper::proto::h1::role::Server as hyper::proto::h1::Http1Transaction>::parse"),
+            "hyper (HTTP)"
+        );
+        assert_eq!(
+            area("sqlx_postgres::connection::PgConnection::run"),
+            "database driver"
+        );
+        assert_eq!(area("servers::app::respond"), "the server's own code");
+        assert_eq!(area("0x7f00"), "other");
     }
 
     #[test]
