@@ -190,17 +190,37 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
 
 /// `lab report RUN`: rebuilds the HTML report and prints the table.
 pub fn report(path: &Path) -> Result<ExitCode> {
-    let run = Run::load(path)?;
+    let mut run = Run::load(path)?;
     let run_dir = if path.is_dir() {
         path
     } else {
         path.parent().unwrap_or(Path::new("."))
     };
+    summarise_profiles(&mut run, run_dir);
     let report = crate::report::html::write(&run, run_dir)?;
     println!("{}", crate::table::render(&run));
     print_cpu_profiles(&run);
     eprintln!("report: {}", report.display());
     Ok(ExitCode::SUCCESS)
+}
+
+/// Reads each recorded pprof protobuf again, so that a rebuilt report uses this lab's
+/// summary (which functions count as which part of the server).
+fn summarise_profiles(run: &mut Run, run_dir: &Path) {
+    for v in &mut run.variants {
+        let Some(profile) = &mut v.cpu_profile else {
+            continue;
+        };
+        let Some(rel) = &profile.pprof else { continue };
+        if let Ok(Ok((samples, mut top))) =
+            std::fs::read(run_dir.join(rel)).map(|body| servers::profile::summarise(&body))
+        {
+            profile.samples = samples;
+            profile.areas = servers::profile::areas(&top);
+            top.truncate(TOP_FUNCTIONS);
+            profile.top = top;
+        }
+    }
 }
 
 /// "Where the CPU goes" per variant with a profiling phase: the share of samples per
@@ -229,7 +249,7 @@ fn print_cpu_profiles(run: &Run) {
                 "  {:5.1}% self {:5.1}% total  {}",
                 share(f.self_samples),
                 share(f.total_samples),
-                f.name
+                f.label()
             );
         }
     }

@@ -186,6 +186,11 @@ fn executable_replaced() -> bool {
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct FunctionShare {
     pub name: String,
+    /// Its source file, as the line tables name it (empty when unknown). Release builds
+    /// keep line tables only, so inlined functions have short names (`{async_fn#0}`,
+    /// `poll_read<...>`) and the file says whose they are.
+    #[serde(default)]
+    pub file: String,
     /// Samples in which it was the innermost frame (CPU spent in its own code).
     pub self_samples: i64,
     /// Samples in which it was anywhere on the stack (CPU spent in it and its callees).
@@ -206,14 +211,14 @@ pub fn summarise(protobuf: &[u8]) -> Result<(i64, Vec<FunctionShare>), String> {
             .cloned()
             .unwrap_or_default()
     };
-    let functions: HashMap<u64, String> = profile
+    let functions: HashMap<u64, (String, String)> = profile
         .function
         .iter()
-        .map(|f| (f.id, string(f.name)))
+        .map(|f| (f.id, (string(f.name), string(f.filename))))
         .collect();
     // A location may hold several functions (inlined calls); the first line is the
     // innermost.
-    let locations: HashMap<u64, Vec<&String>> = profile
+    let locations: HashMap<u64, Vec<&(String, String)>> = profile
         .location
         .iter()
         .map(|l| {
@@ -225,12 +230,12 @@ pub fn summarise(protobuf: &[u8]) -> Result<(i64, Vec<FunctionShare>), String> {
             (l.id, names)
         })
         .collect();
-    let mut shares: HashMap<&String, (i64, i64)> = HashMap::new();
+    let mut shares: HashMap<&(String, String), (i64, i64)> = HashMap::new();
     let mut total = 0;
     for sample in &profile.sample {
         let count = sample.value.first().copied().unwrap_or(0);
         total += count;
-        let stack: Vec<&String> = sample
+        let stack: Vec<&(String, String)> = sample
             .location_id
             .iter()
             .filter_map(|id| locations.get(id))
@@ -240,7 +245,7 @@ pub fn summarise(protobuf: &[u8]) -> Result<(i64, Vec<FunctionShare>), String> {
         if let Some(innermost) = stack.first() {
             shares.entry(innermost).or_default().0 += count;
         }
-        let mut seen: Vec<&String> = Vec::with_capacity(stack.len());
+        let mut seen: Vec<&(String, String)> = Vec::with_capacity(stack.len());
         for name in stack {
             // Recursion counts a sample once in a function's total.
             if !seen.contains(&name) {
@@ -251,11 +256,14 @@ pub fn summarise(protobuf: &[u8]) -> Result<(i64, Vec<FunctionShare>), String> {
     }
     let mut out: Vec<FunctionShare> = shares
         .into_iter()
-        .map(|(name, (self_samples, total_samples))| FunctionShare {
-            name: name.clone(),
-            self_samples,
-            total_samples,
-        })
+        .map(
+            |((name, file), (self_samples, total_samples))| FunctionShare {
+                name: name.clone(),
+                file: file.clone(),
+                self_samples,
+                total_samples,
+            },
+        )
         .collect();
     out.sort_by(|a, b| {
         (b.self_samples, b.total_samples, &a.name).cmp(&(a.self_samples, a.total_samples, &b.name))
@@ -268,7 +276,38 @@ pub fn summarise(protobuf: &[u8]) -> Result<(i64, Vec<FunctionShare>), String> {
 /// while the kernel worked for the thread, or just around it), the allocator, memory
 /// copies, HTTP parsing and framing, hyper, the database driver, the async runtime,
 /// rendering, logging, the rest of the server, the standard library, other.
-pub fn area(function: &str) -> &'static str {
+pub fn area(function: &str, file: &str) -> &'static str {
+    // The crate a function's source belongs to says more than a short inlined name.
+    const FILES: [(&str, &str); 17] = [
+        ("/httparse-", "HTTP parsing and framing"),
+        ("servers/src/http1.rs", "HTTP parsing and framing"),
+        ("/hyper-", "hyper (HTTP)"),
+        ("/http-1.", "hyper (HTTP)"),
+        ("/sqlx-", "database driver"),
+        ("/tokio-postgres-", "database driver"),
+        ("/postgres-", "database driver"),
+        ("servers/src/database/", "database driver"),
+        ("/tokio-", "async runtime"),
+        ("/io-uring-", "async runtime"),
+        ("/mio-", "async runtime"),
+        ("/futures-", "async runtime"),
+        ("/serde_json-", "rendering (JSON, HTML)"),
+        ("servers/src/render.rs", "rendering (JSON, HTML)"),
+        ("servers/src/logging.rs", "request log"),
+        ("/tracing-", "request log"),
+        ("servers/src/", "the server's own code"),
+    ];
+    let by_name = area_by_name(function);
+    if by_name != "other" && by_name != "Rust standard library" {
+        return by_name;
+    }
+    FILES
+        .iter()
+        .find(|(part, _)| file.contains(part))
+        .map_or(by_name, |(_, area)| area)
+}
+
+fn area_by_name(function: &str) -> &'static str {
     let name = function.trim_start_matches('<');
     let base = name
         .trim_start_matches('_')
@@ -354,11 +393,24 @@ pub fn area(function: &str) -> &'static str {
     }
 }
 
+impl FunctionShare {
+    /// The name, with the source file's last components when the name alone does not say
+    /// whose function it is (no `::` in it).
+    pub fn label(&self) -> String {
+        if self.name.contains("::") || self.file.is_empty() {
+            return self.name.clone();
+        }
+        let parts: Vec<&str> = self.file.rsplit('/').take(3).collect();
+        let short: Vec<&str> = parts.into_iter().rev().collect();
+        format!("{} ({})", self.name, short.join("/"))
+    }
+}
+
 /// Self samples per [`area`], most first.
 pub fn areas(functions: &[FunctionShare]) -> Vec<(String, i64)> {
     let mut by_area: HashMap<&'static str, i64> = HashMap::new();
     for f in functions {
-        *by_area.entry(area(&f.name)).or_default() += f.self_samples;
+        *by_area.entry(area(&f.name, &f.file)).or_default() += f.self_samples;
     }
     let mut out: Vec<(String, i64)> = by_area
         .into_iter()
@@ -397,6 +449,7 @@ mod tests {
 
     #[test]
     fn functions_fall_into_areas() {
+        let area = |name| area(name, "");
         assert_eq!(area("__libc_send"), "system calls (kernel)");
         assert_eq!(area("__GI___libc_write"), "system calls (kernel)");
         assert_eq!(area("epoll_wait"), "system calls (kernel)");
@@ -416,6 +469,18 @@ mod tests {
         );
         assert_eq!(area("servers::app::respond"), "the server's own code");
         assert_eq!(area("0x7f00"), "other");
+        // Short inlined names are placed by their file.
+        assert_eq!(
+            super::area(
+                "poll_read<tokio_postgres::socket::Socket>",
+                "/root/.cargo/registry/src/index.crates.io-1/tokio-postgres-0.7.15/src/socket.rs"
+            ),
+            "database driver"
+        );
+        assert_eq!(
+            super::area("{async_fn#0}", "/work/x/servers/src/io/epoll.rs"),
+            "the server's own code"
+        );
     }
 
     #[test]

@@ -824,7 +824,7 @@ fn cpu_summary(o: &mut String, v: &crate::results::VariantResult) {
             "<tr><td>{:.1}%</td><td>{:.1}%</td><td><code>{}</code></td></tr>",
             share(f.self_samples),
             share(f.total_samples),
-            esc(&f.name)
+            esc(&f.label())
         );
     }
     o.push_str("</tbody></table></div></details>\n");
