@@ -85,8 +85,14 @@ fn flamegraph_under_load(variant: &str) {
         "{variant}: no function of the server in the profile: {:?}",
         &functions[..functions.len().min(20)]
     );
-    // The server still answers normally once sampling has stopped.
+    // The server still answers normally once sampling has stopped, and counts the
+    // profiles under a route of their own.
     assert_eq!(get(server.addr(), "/plaintext").status, 200);
+    let metrics = get(server.addr(), "/metrics").text();
+    assert!(
+        metrics.contains("route=\"pprof\",status=\"200\"} 2"),
+        "{variant}: the two profiles are not counted as route pprof"
+    );
 }
 
 fn bad_seconds_is_400(variant: &str) {
