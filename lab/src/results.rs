@@ -7,7 +7,12 @@
 use serde::{Deserialize, Serialize};
 
 pub const SCHEMA: &str = "syscall-lab/run";
-pub const SCHEMA_VERSION: u32 = 1;
+/// Version 2 added `cpu_profile` and `config.flamegraph_s`; version 1 files read as
+/// runs without a profiling phase.
+pub const SCHEMA_VERSION: u32 = 2;
+
+/// The oldest version [`Run::load`] reads.
+pub const OLDEST_SCHEMA_VERSION: u32 = 1;
 
 /// The attribution categories, in the order tables and charts show them (the names are
 /// the tracer's: `tracer::Category`).
@@ -79,7 +84,11 @@ pub struct RunConfig {
     pub log: String,
     pub tracer: String,
     pub repeat: u32,
+    /// `--flamegraph`: a profiling phase per variant after its measured window.
     pub flamegraph: bool,
+    /// Length of each profile in that phase (the flame graph, then the protobuf).
+    #[serde(default)]
+    pub flamegraph_s: u32,
     /// Extra flags every server got (a workshop's knob).
     #[serde(default)]
     pub server_args: Vec<String>,
@@ -99,7 +108,32 @@ pub struct VariantResult {
     pub summary: Option<Summary>,
     /// Flame graph of a separate profiling phase, relative to the run folder.
     pub flamegraph: Option<String>,
+    /// That profiling phase (`--flamegraph`), None without it.
+    #[serde(default)]
+    pub cpu_profile: Option<CpuProfile>,
 }
+
+/// A variant's profiling phase: the server under the same load again, the tracer
+/// detached, sampled by its own `/debug/pprof` endpoints. Not part of any measured
+/// window: sampling adds syscalls (a signal return per sample).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CpuProfile {
+    /// The pprof protobuf (`pprof -top FILE`), relative to the run folder.
+    pub pprof: Option<String>,
+    /// Samples in the protobuf (199 per second per busy CPU).
+    pub samples: i64,
+    /// The functions with the most self samples, most first (at most [`TOP_FUNCTIONS`]).
+    pub top: Vec<servers::profile::FunctionShare>,
+    /// Self samples per part of the server (`servers::profile::area`: system calls,
+    /// allocator, HTTP parsing, hyper, database driver, async runtime...), most first.
+    #[serde(default)]
+    pub areas: Vec<(String, i64)>,
+    /// Why the phase, or part of it, failed.
+    pub error: Option<String>,
+}
+
+/// How many functions `cpu_profile.top` keeps.
+pub const TOP_FUNCTIONS: usize = 15;
 
 /// One measured window of one variant.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -266,9 +300,11 @@ impl Run {
             .with_context(|| format!("reading {}", file.display()))?;
         let run: Run = serde_json::from_str(&text)
             .with_context(|| format!("{} is not a lab run.json", file.display()))?;
-        if run.schema != SCHEMA || run.schema_version != SCHEMA_VERSION {
+        if run.schema != SCHEMA
+            || !(OLDEST_SCHEMA_VERSION..=SCHEMA_VERSION).contains(&run.schema_version)
+        {
             anyhow::bail!(
-                "{} has schema {} v{}; this lab reads {SCHEMA} v{SCHEMA_VERSION}",
+                "{} has schema {} v{}; this lab reads {SCHEMA} v{OLDEST_SCHEMA_VERSION} to v{SCHEMA_VERSION}",
                 file.display(),
                 run.schema,
                 run.schema_version

@@ -6,6 +6,12 @@
 //! /proc around that window; stop the server cleanly. Then write `run.json`, the HTML
 //! report and the terminal table.
 //!
+//! With `--flamegraph`, the last round of each variant ends with a profiling phase before
+//! the server stops: the tracer detached and the measured load finished, the same load
+//! runs again while the lab fetches the server's `/debug/pprof/flamegraph` and then
+//! `/debug/pprof/profile` (`servers::profile`). Sampling signals the server ~200 times a
+//! second, a `rt_sigreturn` each, so it never overlaps the window that counts syscalls.
+//!
 //! Placement on CPUs: with two or more CPUs the server is pinned to the first half and
 //! the load generator (which runs inside this process) to the second half, so that they
 //! do not take turns on one core; PostgreSQL is left to the scheduler. On a 2-core
@@ -20,8 +26,8 @@ use clap::ValueEnum;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::results::{
-    Environment, ProcessFigures, Round, Run, RunConfig, Summary, VariantResult, SCHEMA,
-    SCHEMA_VERSION,
+    CpuProfile, Environment, ProcessFigures, Round, Run, RunConfig, Summary, VariantResult, SCHEMA,
+    SCHEMA_VERSION, TOP_FUNCTIONS,
 };
 use servers::launch::{sibling_binary, LaunchOptions, ServerProcess};
 
@@ -105,6 +111,14 @@ pub struct RunArgs {
     /// while it runs, for a Prometheus scraping them (dashboards/prometheus/native.yml).
     #[arg(long)]
     pub export: bool,
+    /// After each variant's measured window (last round), a separate profiling phase:
+    /// the same load while the server samples itself for SECONDS (default 5) for a flame
+    /// graph, then as long again for the pprof protobuf. Writes
+    /// `<variant>.flamegraph.svg` and `<variant>.pprof.pb`; the report shows the flame
+    /// graphs. Never inside the counting window.
+    #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "5",
+          value_parser = clap::value_parser!(u32).range(1..=60))]
+    pub flamegraph: Option<u32>,
     /// Folder under which `<run-id>/` is created.
     #[arg(long, default_value = "results")]
     pub out: PathBuf,
@@ -159,6 +173,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     let run_dir = args.out.join(&run.id);
     let report = crate::report::html::write(&run, &run_dir)?;
     println!("{}", crate::table::render(&run));
+    print_cpu_profiles(&run);
     eprintln!(
         "results: {}\nreport:  {}",
         run_dir.join("run.json").display(),
@@ -175,16 +190,69 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
 
 /// `lab report RUN`: rebuilds the HTML report and prints the table.
 pub fn report(path: &Path) -> Result<ExitCode> {
-    let run = Run::load(path)?;
+    let mut run = Run::load(path)?;
     let run_dir = if path.is_dir() {
         path
     } else {
         path.parent().unwrap_or(Path::new("."))
     };
+    summarise_profiles(&mut run, run_dir);
     let report = crate::report::html::write(&run, run_dir)?;
     println!("{}", crate::table::render(&run));
+    print_cpu_profiles(&run);
     eprintln!("report: {}", report.display());
     Ok(ExitCode::SUCCESS)
+}
+
+/// Reads each recorded pprof protobuf again, so that a rebuilt report uses this lab's
+/// summary (which functions count as which part of the server).
+fn summarise_profiles(run: &mut Run, run_dir: &Path) {
+    for v in &mut run.variants {
+        let Some(profile) = &mut v.cpu_profile else {
+            continue;
+        };
+        let Some(rel) = &profile.pprof else { continue };
+        if let Ok(Ok((samples, mut top))) =
+            std::fs::read(run_dir.join(rel)).map(|body| servers::profile::summarise(&body))
+        {
+            profile.samples = samples;
+            profile.areas = servers::profile::areas(&top);
+            top.truncate(TOP_FUNCTIONS);
+            profile.top = top;
+        }
+    }
+}
+
+/// "Where the CPU goes" per variant with a profiling phase: the share of samples per
+/// part of the server, and the functions with the most self samples.
+fn print_cpu_profiles(run: &Run) {
+    for v in &run.variants {
+        let Some(profile) = &v.cpu_profile else {
+            continue;
+        };
+        if profile.samples <= 0 {
+            continue;
+        }
+        let share = |n: i64| 100.0 * n as f64 / profile.samples as f64;
+        println!(
+            "\nwhere the CPU goes: {} ({} samples)",
+            v.variant, profile.samples
+        );
+        let areas: Vec<String> = profile
+            .areas
+            .iter()
+            .map(|(area, n)| format!("{area} {:.0}%", share(*n)))
+            .collect();
+        println!("  {}", areas.join(", "));
+        for f in profile.top.iter().take(8) {
+            println!(
+                "  {:5.1}% self {:5.1}% total  {}",
+                share(f.self_samples),
+                share(f.total_samples),
+                f.label()
+            );
+        }
+    }
 }
 
 /// Runs everything and writes `run.json`; returns the run.
@@ -248,7 +316,8 @@ pub fn execute(args: &RunArgs) -> Result<Run> {
         log: args.log.clone(),
         tracer: backend.map_or("off", |b| b.name()).to_string(),
         repeat: args.repeat,
-        flamegraph: false,
+        flamegraph: args.flamegraph.is_some(),
+        flamegraph_s: args.flamegraph.unwrap_or(0),
         server_args: args.server_args.clone(),
     };
     let environment = Environment {
@@ -260,7 +329,10 @@ pub fn execute(args: &RunArgs) -> Result<Run> {
     };
 
     const PHASES: u64 = 4;
-    let progress = ProgressBar::new(args.variants.len() as u64 * u64::from(args.repeat) * PHASES);
+    let profiling_phases = if args.flamegraph.is_some() { 1 } else { 0 };
+    let progress = ProgressBar::new(
+        args.variants.len() as u64 * (u64::from(args.repeat) * PHASES + profiling_phases),
+    );
     progress.set_style(
         ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
             .expect("a valid template")
@@ -277,6 +349,7 @@ pub fn execute(args: &RunArgs) -> Result<Run> {
             rounds: Vec::new(),
             summary: None,
             flamegraph: None,
+            cpu_profile: None,
         })
         .collect();
     for round in 0..args.repeat {
@@ -284,8 +357,9 @@ pub fn execute(args: &RunArgs) -> Result<Run> {
         for k in 0..count {
             let index = (k + round as usize) % count;
             let result = &mut results[index];
+            let last_round = round + 1 == args.repeat;
             if !result.ok {
-                progress.inc(PHASES);
+                progress.inc(PHASES + if last_round { profiling_phases } else { 0 });
                 continue;
             }
             let step = Step {
@@ -300,7 +374,16 @@ pub fn execute(args: &RunArgs) -> Result<Run> {
                 label: format!("{} · round {}/{}", result.variant, round + 1, args.repeat),
                 exported: exported.as_ref(),
             };
-            match step.measure(&result.variant, round + 1) {
+            let profiled = if last_round {
+                args.flamegraph.map(|seconds| ProfileRequest {
+                    seconds,
+                    into: &mut result.cpu_profile,
+                    flamegraph: &mut result.flamegraph,
+                })
+            } else {
+                None
+            };
+            match step.measure(&result.variant, round + 1, profiled) {
                 Ok(measured) => result.rounds.push(measured),
                 Err(failure) => {
                     progress.println(format!(
@@ -376,7 +459,12 @@ impl Step<'_> {
             .set_message(format!("{} · {name}", self.label));
     }
 
-    fn measure(&self, variant: &str, round: u32) -> Result<Round, Failure> {
+    fn measure(
+        &self,
+        variant: &str,
+        round: u32,
+        profiled: Option<ProfileRequest<'_>>,
+    ) -> Result<Round, Failure> {
         self.phase("starting the server");
         let log_file = self.run_dir.join(format!("{variant}.log"));
         let mut options = LaunchOptions::new(variant, self.url);
@@ -398,7 +486,7 @@ impl Step<'_> {
 
         self.phase("warming up");
         if self.args.warmup > 0.0 {
-            self.load(&server, self.args.warmup, None, &mut || {})
+            self.load(&server, self.args.warmup, None, &mut || {}, None)
                 .map_err(|e| Failure::new(e, Some(&server)))?;
         }
         self.progress.inc(1);
@@ -444,6 +532,7 @@ impl Step<'_> {
             self.args.duration,
             Some(&threads_seen),
             &mut export,
+            None,
         );
         let profile =
             match session {
@@ -456,6 +545,14 @@ impl Step<'_> {
             .map_err(|e| Failure::new(format!("{e:#}"), Some(&server)))?;
         let load = load.map_err(|e| Failure::new(e, Some(&server)))?;
         self.progress.inc(1);
+
+        if let Some(request) = profiled {
+            self.phase("profiling (pprof; not counted)");
+            let profile = self.profile(&server, variant, request.seconds);
+            *request.flamegraph = profile.1;
+            *request.into = Some(profile.0);
+            self.progress.inc(1);
+        }
 
         self.phase("stopping the server");
         if !server.is_running() {
@@ -500,6 +597,80 @@ impl Step<'_> {
         })
     }
 
+    /// The profiling phase: the workload again while another thread asks the server for a
+    /// flame graph and then a protobuf profile, each `seconds` long; the load stops when
+    /// both have arrived. Failures are recorded, not fatal: the measured window stands.
+    fn profile(
+        &self,
+        server: &ServerProcess,
+        variant: &str,
+        seconds: u32,
+    ) -> (CpuProfile, Option<String>) {
+        let addr = server.addr();
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let fetcher = {
+            let done = done.clone();
+            std::thread::spawn(move || {
+                let fetch = |path: &str| fetch_profile(addr, path, seconds);
+                let svg = fetch("/debug/pprof/flamegraph");
+                let pb = fetch("/debug/pprof/profile");
+                done.store(true, std::sync::atomic::Ordering::Relaxed);
+                (svg, pb)
+            })
+        };
+        // Long enough for both profiles and their rendering; stopped as soon as they are in.
+        let most = 2.0 * f64::from(seconds) + 60.0;
+        let load = self.load(server, most, None, &mut || {}, Some(&done));
+        let (svg, pb) = fetcher.join().unwrap_or_else(|_| {
+            (
+                Err("the fetching thread panicked".into()),
+                Err(String::new()),
+            )
+        });
+        let mut profile = CpuProfile::default();
+        let mut errors = Vec::new();
+        if let Err(e) = load {
+            errors.push(format!("load during profiling: {e}"));
+        }
+        let flamegraph =
+            match svg.and_then(|body| self.save(&format!("{variant}.flamegraph.svg"), &body)) {
+                Ok(rel) => Some(rel),
+                Err(e) => {
+                    errors.push(format!("flame graph: {e}"));
+                    None
+                }
+            };
+        match pb.and_then(|body| {
+            let rel = self.save(&format!("{variant}.pprof.pb"), &body)?;
+            let (samples, mut top) = servers::profile::summarise(&body)?;
+            let areas = servers::profile::areas(&top);
+            top.truncate(TOP_FUNCTIONS);
+            Ok((rel, samples, top, areas))
+        }) {
+            Ok((rel, samples, top, areas)) => {
+                profile.pprof = Some(rel);
+                profile.samples = samples;
+                profile.top = top;
+                profile.areas = areas;
+            }
+            Err(e) => errors.push(format!("pprof profile: {e}")),
+        }
+        if !errors.is_empty() {
+            let error = errors.join("; ");
+            self.progress
+                .println(format!("lab run: {variant}: profiling: {error}"));
+            profile.error = Some(error);
+        }
+        (profile, flamegraph)
+    }
+
+    /// Writes a file into the run folder; its path relative to it.
+    fn save(&self, name: &str, body: &[u8]) -> Result<String, String> {
+        std::fs::write(self.run_dir.join(name), body)
+            .map_err(|e| format!("writing {name}: {e}"))?;
+        Ok(name.to_string())
+    }
+
     /// Runs the load generator on this process's CPUs for `seconds`. In the measured
     /// window, `threads_seen` keeps the most threads the server had (sampled twice a second).
     fn load(
@@ -508,6 +679,7 @@ impl Step<'_> {
         seconds: f64,
         threads_seen: Option<&std::cell::Cell<u64>>,
         every_second: &mut dyn FnMut(),
+        stop: Option<&std::sync::atomic::AtomicBool>,
     ) -> Result<loadgen::Report, String> {
         let base = format!("http://{}", server.addr());
         let mut config = loadgen::Config::new(format!("{base}{}", self.targets[0]));
@@ -552,10 +724,57 @@ impl Step<'_> {
                     last = std::time::Instant::now();
                 }
             }
+            if stop.is_some_and(|s| s.load(std::sync::atomic::Ordering::Relaxed)) {
+                return loadgen::Control::Stop;
+            }
             loadgen::Control::Continue
         })
         .map_err(|e| format!("load generator: {e}"))
     }
+}
+
+/// Where a variant's profiling phase puts what it recorded.
+struct ProfileRequest<'a> {
+    seconds: u32,
+    into: &'a mut Option<CpuProfile>,
+    flamegraph: &'a mut Option<String>,
+}
+
+/// `GET path?seconds=N` on a connection of its own; the body of a 200, else the status
+/// and the server's reason.
+fn fetch_profile(addr: std::net::SocketAddr, path: &str, seconds: u32) -> Result<Vec<u8>, String> {
+    use std::io::{Read, Write};
+    let fail = |e: std::io::Error| format!("{path}: {e}");
+    let mut stream =
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(fail)?;
+    // The answer comes after the profile's length, plus symbolising and rendering.
+    stream
+        .set_read_timeout(Some(Duration::from_secs(u64::from(seconds) + 60)))
+        .map_err(fail)?;
+    stream
+        .write_all(
+            format!(
+                "GET {path}?seconds={seconds} HTTP/1.1\r\nHost: lab\r\nConnection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .map_err(fail)?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).map_err(fail)?;
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| format!("{path}: no HTTP response"))?;
+    let head = String::from_utf8_lossy(&response[..split]).to_string();
+    let body = response[split + 4..].to_vec();
+    let status = head.split_whitespace().nth(1).unwrap_or("?");
+    if status != "200" {
+        return Err(format!(
+            "{path}: HTTP {status}: {}",
+            String::from_utf8_lossy(&body).trim()
+        ));
+    }
+    Ok(body)
 }
 
 /// Which CPUs the server and the load generator get.

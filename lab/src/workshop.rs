@@ -113,6 +113,7 @@ impl Setup {
             tracer: self.tracer,
             repeat: 1,
             export: false,
+            flamegraph: None,
             out: settings.out.clone(),
             json: None,
             server_args: self.server_args.iter().map(|s| s.to_string()).collect(),

@@ -657,6 +657,9 @@ fn reports_a_lab_run() {
             "2s",
             "--warmup",
             "1s",
+            // A profiling phase per variant after its measured window.
+            "--flamegraph",
+            "2",
         ])
         .args(["--connections", "8", "--out"])
         .arg(&dir)
@@ -712,6 +715,50 @@ fn reports_a_lab_run() {
         "failed cards: {}",
         page["failed"]
     );
+    // --flamegraph: each completed variant's flame graph and protobuf are in the run
+    // folder, the SVG names the server's own functions, and the report shows it inline.
+    let flames = page["flamegraphs"].as_array().expect("flamegraphs");
+    assert_eq!(
+        flames.len(),
+        drawn.len(),
+        "a flame graph per completed variant: {flames:?}\n{said}"
+    );
+    for (v, flame) in run.variants.iter().filter(|v| v.ok).zip(flames) {
+        assert!(
+            flame["area"].as_f64().unwrap_or(0.0) > 10_000.0,
+            "{}'s flame graph is not shown: {flame}",
+            v.variant
+        );
+        let svg = v
+            .flamegraph
+            .as_ref()
+            .expect("a flame graph path in run.json");
+        let svg = fs::read_to_string(run_dir.join(svg)).expect("the flame graph file");
+        assert!(
+            svg.contains("<svg") && svg.contains("servers::"),
+            "{}'s flame graph has none of the server's frames",
+            v.variant
+        );
+        let profile = v.cpu_profile.as_ref().expect("cpu_profile in run.json");
+        assert!(
+            profile.error.is_none(),
+            "{}: {:?}",
+            v.variant,
+            profile.error
+        );
+        let pb = profile.pprof.as_ref().expect("the protobuf's path");
+        assert!(run_dir.join(pb).is_file(), "{pb} is missing");
+        assert!(
+            profile.samples > 0 && !profile.top.is_empty() && !profile.areas.is_empty(),
+            "{}: an empty CPU summary",
+            v.variant
+        );
+    }
+    assert!(
+        said.contains("where the CPU goes"),
+        "lab run printed no CPU summary:\n{said}"
+    );
+
     let png = screenshot(&report, run_dir, &["network", "database", "event-loop"]);
     eprintln!(
         "report: {}\nscreenshot: {}",

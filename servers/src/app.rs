@@ -37,6 +37,8 @@ pub enum Route {
     Updates(usize),
     Health,
     Metrics,
+    /// `/debug/pprof/profile` and `/debug/pprof/flamegraph` ([`crate::profile`]).
+    Profile(crate::profile::Request),
 }
 
 /// What a request line resolves to.
@@ -69,6 +71,7 @@ impl Route {
             Route::Updates(_) => "updates",
             Route::Health => "health",
             Route::Metrics => "metrics",
+            Route::Profile(_) => "pprof",
         }
     }
 
@@ -97,7 +100,10 @@ pub fn resolve(method: &str, target: &str) -> Resolved {
         "/updates" => Route::Updates(clamp_queries(query)),
         "/health" => Route::Health,
         "/metrics" => Route::Metrics,
-        _ => return Resolved::NotFound,
+        _ => match crate::profile::Request::resolve(path, query) {
+            Some(request) => Route::Profile(request),
+            None => return Resolved::NotFound,
+        },
     };
     if method == "GET" {
         Resolved::Route(route)
@@ -164,6 +170,7 @@ pub fn reason(status: u16) -> &'static str {
         400 => "Bad Request",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        409 => "Conflict",
         408 => "Request Timeout",
         413 => "Content Too Large",
         431 => "Request Header Fields Too Large",
@@ -272,6 +279,9 @@ pub trait BlockingStore {
 
 /// The response an async variant sends for a route.
 pub async fn respond<S: AsyncStore>(route: Route, store: &S) -> Response {
+    if let Route::Profile(request) = route {
+        return crate::profile::respond_async(request).await;
+    }
     if !route.uses_database() {
         return respond_without_database(route, store.pool_state());
     }
@@ -294,6 +304,9 @@ pub async fn respond<S: AsyncStore>(route: Route, store: &S) -> Response {
 
 /// The response a blocking variant sends for a route.
 pub fn respond_blocking<S: BlockingStore>(route: Route, store: &mut S) -> Response {
+    if let Route::Profile(request) = route {
+        return crate::profile::respond_blocking(request);
+    }
     if !route.uses_database() {
         return respond_without_database(route, store.pool_state());
     }

@@ -134,6 +134,12 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = OnOff::Off)]
     pub registered_buffers: OnOff,
 
+    /// `GET /debug/pprof/profile?seconds=N` (pprof protobuf) and
+    /// `/debug/pprof/flamegraph?seconds=N` (SVG), N from 1 to 120: CPU profiles sampled
+    /// only while one is requested. For a lab, not for the internet: `off` answers 404.
+    #[arg(long, value_enum, default_value_t = OnOff::On, env = "LAB_PPROF")]
+    pub pprof: OnOff,
+
     /// File of the request log in `sync` and `buffered` modes.
     #[arg(long, value_name = "PATH", default_value = "server.log")]
     pub log_file: PathBuf,

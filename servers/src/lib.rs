@@ -11,6 +11,7 @@
 //! | [`rng`] | random world ids and numbers |
 //! | [`metrics`] | Prometheus counters and histograms shared by every variant |
 //! | [`logging`] | the request log (`--log sync|buffered|stdout|off`) |
+//! | [`profile`] | CPU profiles and flame graphs on request (`/debug/pprof/...`) |
 //! | [`database`] | the drivers that run `db`'s SQL |
 //! | [`io`] | one module per I/O model: the only place where variants differ |
 //! | [`cli`] | flags and environment variables of the `server` binary |
@@ -25,5 +26,6 @@ pub mod io;
 pub mod launch;
 pub mod logging;
 pub mod metrics;
+pub mod profile;
 pub mod render;
 pub mod rng;

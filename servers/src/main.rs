@@ -23,6 +23,7 @@ fn main() -> ExitCode {
         }
     };
     METRICS.set_variant(args.variant.name());
+    servers::profile::set_enabled(args.pprof == servers::cli::OnOff::On);
     raise_descriptor_limit();
     let result = io::run(&args);
     // Written out before exit: in buffered mode this is the last batch of request lines.

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 /// Route labels, in the order of the counters below. `bad_request` covers requests the
 /// HTTP codec rejected before any route was known.
-pub const ROUTES: [&str; 11] = [
+pub const ROUTES: [&str; 12] = [
     "plaintext",
     "json",
     "db",
@@ -33,13 +33,15 @@ pub const ROUTES: [&str; 11] = [
     "updates",
     "health",
     "metrics",
+    // `/debug/pprof/...` (crate::profile): slow by design, kept out of the API routes.
+    "pprof",
     "not_found",
     "method_not_allowed",
     "bad_request",
 ];
 
 /// Statuses counted by value; any other lands under "other".
-const STATUSES: [u16; 10] = [200, 400, 404, 405, 408, 413, 431, 500, 501, 503];
+const STATUSES: [u16; 11] = [200, 400, 404, 405, 408, 409, 413, 431, 500, 501, 503];
 
 /// Upper bounds of the latency histogram, in seconds.
 const BUCKETS: [f64; 16] = [

@@ -786,9 +786,55 @@ fn flamegraphs(o: &mut String, run: &Run, run_dir: &Path) {
                 );
             }
         }
+        cpu_summary(o, v);
         o.push_str("</figure>\n");
     }
     o.push_str("</section>\n");
+}
+
+/// "Where the CPU goes" under a flame graph: the share of samples per part of the server
+/// and the functions with the most self samples, from the phase's pprof profile.
+fn cpu_summary(o: &mut String, v: &crate::results::VariantResult) {
+    let Some(profile) = &v.cpu_profile else {
+        return;
+    };
+    if let Some(error) = &profile.error {
+        let _ = write!(o, "<p class=\"muted\">Profiling: {}</p>\n", esc(error));
+    }
+    if profile.samples <= 0 {
+        return;
+    }
+    let share = |n: i64| 100.0 * n as f64 / profile.samples as f64;
+    let areas: Vec<String> = profile
+        .areas
+        .iter()
+        .map(|(area, n)| format!("{} <b>{:.0}%</b>", esc(area), share(*n)))
+        .collect();
+    let _ = write!(
+        o,
+        "<p class=\"cpu-areas\">Where the CPU goes ({} samples): {}</p>\n\
+         <details><summary>Functions with the most self samples</summary>\n\
+         <div class=\"scroll\"><table class=\"cpu-top\"><thead><tr><th>self</th><th>total</th><th>function</th></tr></thead><tbody>\n",
+        profile.samples,
+        areas.join(" · ")
+    );
+    for f in &profile.top {
+        let _ = writeln!(
+            o,
+            "<tr><td>{:.1}%</td><td>{:.1}%</td><td><code>{}</code></td></tr>",
+            share(f.self_samples),
+            share(f.total_samples),
+            esc(&f.label())
+        );
+    }
+    o.push_str("</tbody></table></div></details>\n");
+    if let Some(pb) = &profile.pprof {
+        let _ = writeln!(
+            o,
+            "<p class=\"muted\">The protobuf profile: <code>{}</code> (<code>pprof -top</code>, <code>go tool pprof -http :0</code>).</p>",
+            esc(pb)
+        );
+    }
 }
 
 fn notes(o: &mut String, run: &Run, views: &[View]) {
