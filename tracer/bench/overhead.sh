@@ -4,10 +4,18 @@
 # runs, see /work/shared/notes/peers.md). Run as root. Results: docs/benchmarks.md,
 # "## tracer overhead".
 #
+# Besides req/s, each measurement reports the CPU time per request of the server and of wrk
+# (from /proc/PID/stat and time(1)): on a machine others load too, throughput follows the
+# contention, while CPU per request is what the tracer adds to each process (the syscall
+# tracepoints slow every process's syscalls, wrk's included).
+#
 #   tracer/bench/overhead.sh [ROUNDS] [SECONDS]
 #
 # Env: BIN (dir with release `server` and `lab-trace`, default target/release),
-#      DATABASE_URL (default: the lab's test cluster), SERVER_CPU / LOAD_CPU (default 0 / 1).
+#      DATABASE_URL (default: the lab's test cluster), SERVER_CPU / LOAD_CPU (default 0 / 1),
+#      PORT (default 18181), SPAWN=0 to skip part 2 (spawn mode, ptrace backend against strace),
+#      LAB_TRACE_B=PATH: a second lab-trace build, measured as mode ebpf-b in every round
+#      right after the first (an A/B comparison of a tracer change within one run).
 set -euo pipefail
 ROUNDS=${1:-3}
 SECS=${2:-8}
@@ -15,36 +23,53 @@ BIN=${BIN:-target/release}
 URL=${DATABASE_URL:-postgres://benchmarkdbuser:benchmarkdbpass@127.0.0.1:54321/hello_world}
 SCPU=${SERVER_CPU:-0}
 LCPU=${LOAD_CPU:-1}
-PORT=18181
+PORT=${PORT:-18181}
 ADDR=http://127.0.0.1:$PORT/plaintext
 SERVER=("$BIN/server" --variant epoll --workers 1 --log off --listen 127.0.0.1:$PORT --database-url "$URL")
 
-for t in wrk strace bpftrace taskset; do command -v $t >/dev/null || { echo "missing $t"; exit 1; }; done
+for t in wrk strace bpftrace taskset /usr/bin/time; do command -v $t >/dev/null || { echo "missing $t"; exit 1; }; done
 [ -x "$BIN/server" ] && [ -x "$BIN/lab-trace" ] || { echo "build first: cargo build --release --bins"; exit 1; }
 
 wait_up() { for _ in $(seq 100); do curl -sf -o /dev/null "$ADDR" && return 0; sleep 0.1; done; echo "server did not start"; exit 1; }
-load() { # prints req/s
+TCK=$(getconf CLK_TCK)
+ticks() { [[ -n ${1:-} ]] && awk '{print $14 + $15}' "/proc/$1/stat" || echo 0; }
+load() { # $1: server pid (for its CPU time) or empty; prints "req/s server-us/req wrk-us/req"
   taskset -c "$LCPU" wrk -t1 -c64 -d1s "$ADDR" >/dev/null   # warm-up
-  taskset -c "$LCPU" wrk -t1 -c64 -d"${SECS}s" "$ADDR" | awk '/Requests\/sec/ {print $2}'
+  local t0 out t1
+  t0=$(ticks "${1:-}")
+  out=$(taskset -c "$LCPU" /usr/bin/time -f 'wrk-cpu %U %S' wrk -t1 -c64 -d"${SECS}s" "$ADDR" 2>&1)
+  t1=$(ticks "${1:-}")
+  awk -v t0="$t0" -v t1="$t1" -v tck="$TCK" -v pid="${1:-}" '
+    /requests in/ {n = $1} /Requests\/sec/ {rps = $2} /^wrk-cpu/ {w = $2 + $3}
+    END {printf "%s %s %.1f\n", rps, (pid == "" ? "-" : sprintf("%.1f", (t1 - t0) / tck * 1e6 / n)), w * 1e6 / n}' <<<"$out"
 }
-declare -A R
-add() { R[$1]="${R[$1]:-} $2"; echo "  $1: $2 req/s"; }
+declare -A R S W
+add() { # mode, "req/s server-us wrk-us"
+  local rps s w; read -r rps s w <<<"$2"
+  R[$1]="${R[$1]:-} $rps"; S[$1]="${S[$1]:-} $s"; W[$1]="${W[$1]:-} $w"
+  echo "  $1: $rps req/s, CPU per request: server $s us, wrk $w us"
+}
 
 # Part 1: attach to one running server.
 taskset -c "$SCPU" "${SERVER[@]}" >/dev/null 2>&1 &
 SP=$!
 trap 'kill $SP 2>/dev/null || true' EXIT
 wait_up
+kill -0 $SP 2>/dev/null || { echo "our server exited: is port $PORT taken? (set PORT)"; exit 1; }
 for r in $(seq "$ROUNDS"); do
   echo "round $r (attach)"
-  add untraced "$(load)"
+  add untraced "$(load $SP)"
   taskset -c "$LCPU" "$BIN/lab-trace" --pid $SP -q --json /tmp/overhead-ebpf.json & T=$!; sleep 1
-  add ebpf "$(load)"; kill -INT $T; wait $T
-  add untraced "$(load)"
+  add ebpf "$(load $SP)"; kill -INT $T; wait $T
+  if [[ -n ${LAB_TRACE_B:-} ]]; then
+    taskset -c "$LCPU" "$LAB_TRACE_B" --pid $SP -q --json /tmp/overhead-ebpf-b.json & T=$!; sleep 1
+    add ebpf-b "$(load $SP)"; kill -INT $T; wait $T
+  fi
+  add untraced "$(load $SP)"
   taskset -c "$LCPU" bpftrace -q -e "tracepoint:raw_syscalls:sys_enter /pid == $SP/ { @[args->id] = count(); }" >/dev/null 2>&1 & T=$!; sleep 3
-  add bpftrace "$(load)"; kill -INT $T; wait $T || true
+  add bpftrace "$(load $SP)"; kill -INT $T; wait $T || true
   taskset -c "$LCPU" strace -f -c -o /tmp/overhead-strace.txt -p $SP 2>/dev/null & T=$!; sleep 1
-  add strace "$(load)"; kill -INT $T; wait $T || true
+  add strace "$(load $SP)"; kill -INT $T; wait $T || true
 done
 kill $SP; wait $SP 2>/dev/null || true
 
@@ -63,18 +88,21 @@ spawn_run() { # $1 = label, rest = command prefix
   wait $P 2>/dev/null || true
   pkill -KILL -f "^$BIN/server " 2>/dev/null || true; sleep 0.5
 }
-for r in $(seq "$ROUNDS"); do
+for r in $(seq "$([[ ${SPAWN:-1} == 0 ]] && echo 0 || echo "$ROUNDS")"); do
   echo "round $r (spawn)"
   spawn_run spawn-untraced taskset -c "$SCPU" "${SERVER[@]}"
   spawn_run spawn-ptrace taskset -c "$SCPU" "$BIN/lab-trace" --backend ptrace -q --json /tmp/overhead-ptrace.json -- "${SERVER[@]}"
   spawn_run spawn-strace taskset -c "$SCPU" strace -f -c -o /tmp/overhead-strace-spawn.txt -- "${SERVER[@]}"
 done
 
-median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+median() { tr ' ' '\n' | awk '$1 != "" && $1 != "-"' | sort -n | awk '{a[NR]=$1} END {if (!NR) print "-"; else print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 echo
-printf "%-16s %12s %10s\n" mode "median req/s" "vs base"
-B=$(echo "${R[untraced]}" | median); SB=$(echo "${R[spawn-untraced]}" | median)
-for m in untraced ebpf bpftrace strace spawn-untraced spawn-ptrace spawn-strace; do
+printf "%-16s %12s %9s %16s %13s\n" mode "median req/s" "vs base" "server us/req" "wrk us/req"
+B=$(echo "${R[untraced]}" | median); SB=$(echo "${R[spawn-untraced]:-}" | median)
+MODES=(untraced ebpf ${LAB_TRACE_B:+ebpf-b} bpftrace strace)
+[[ ${SPAWN:-1} == 0 ]] || MODES+=(spawn-untraced spawn-ptrace spawn-strace)
+for m in "${MODES[@]}"; do
   v=$(echo "${R[$m]}" | median); base=$B; [[ $m == spawn-* ]] && base=$SB
-  printf "%-16s %12.0f %9.1f%%\n" "$m" "$v" "$(echo "($v/$base-1)*100" | bc -l)"
+  printf "%-16s %12.0f %8.1f%% %16s %13s\n" "$m" "$v" "$(echo "($v/$base-1)*100" | bc -l)" \
+    "$(echo "${S[$m]}" | median)" "$(echo "${W[$m]}" | median)"
 done

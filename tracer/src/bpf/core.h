@@ -69,6 +69,7 @@ struct pt_regs {
 
 struct super_block {
 	dev_t s_dev;
+	unsigned long s_magic;
 } __attribute__((preserve_access_index));
 
 struct inode {
