@@ -340,6 +340,10 @@ fn attach(pid: i32) -> Result<()> {
                 match ptrace::seize(Pid::from_raw(tid), opts) {
                     Ok(()) => {}
                     Err(Errno::ESRCH) => continue,
+                    // Created by a thread seized a moment ago: TRACECLONE attached it to us
+                    // already (it will report its own PTRACE_EVENT_STOP). Seizing it again
+                    // fails with EPERM; that is not a refusal.
+                    Err(Errno::EPERM) if traced_by_me(tid) => continue,
                     Err(Errno::EPERM) => bail!(
                         "not allowed to trace pid {pid}: ptrace needs the same user (and \
                          kernel.yama.ptrace_scope 0) or CAP_SYS_PTRACE"
@@ -353,6 +357,19 @@ fn attach(pid: i32) -> Result<()> {
             return Ok(());
         }
     }
+}
+
+/// Whether thread `tid` is traced by the calling thread (its TracerPid in /proc).
+fn traced_by_me(tid: i32) -> bool {
+    let me = nix::unistd::gettid().as_raw();
+    std::fs::read_to_string(format!("/proc/{tid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("TracerPid:"))
+                .and_then(|v| v.trim().parse::<i32>().ok())
+        })
+        == Some(me)
 }
 
 /// Forks the command held on SIGSTOP, sets the options, and lets it install its seccomp
@@ -620,6 +637,9 @@ impl Tracer {
         for &tid in self.threads.keys() {
             let _ = ptrace::interrupt(Pid::from_raw(tid));
         }
+        // Threads already let go: a clone event reported after its child's own stop must
+        // not bring the child back into the set (we would wait for it until the deadline).
+        let mut gone = std::collections::HashSet::new();
         let deadline = Instant::now() + Duration::from_secs(3);
         while !self.threads.is_empty() && Instant::now() < deadline {
             match waitpid(None, Some(WaitPidFlag::__WALL | WaitPidFlag::__WNOTHREAD)) {
@@ -627,21 +647,25 @@ impl Tracer {
                     let s = (sig != Signal::SIGSTOP).then_some(sig);
                     let _ = ptrace::detach(tid, s);
                     self.threads.remove(&tid.as_raw());
+                    gone.insert(tid.as_raw());
                 }
                 Ok(WaitStatus::PtraceEvent(tid, _, ev)) => {
                     if ev == libc::PTRACE_EVENT_CLONE {
                         if let Ok(new) = ptrace::getevent(tid) {
                             // Created while we were leaving: it starts traced, detach it too.
-                            self.threads.insert(new as i32, Thread::default());
-                            let _ = ptrace::interrupt(Pid::from_raw(new as i32));
+                            if !gone.contains(&(new as i32)) {
+                                self.threads.insert(new as i32, Thread::default());
+                            }
                         }
                     }
                     let _ = ptrace::detach(tid, None);
                     self.threads.remove(&tid.as_raw());
+                    gone.insert(tid.as_raw());
                 }
                 Ok(WaitStatus::PtraceSyscall(tid)) => {
                     let _ = ptrace::detach(tid, None);
                     self.threads.remove(&tid.as_raw());
+                    gone.insert(tid.as_raw());
                 }
                 Ok(WaitStatus::Exited(tid, _)) | Ok(WaitStatus::Signaled(tid, _, _)) => {
                     self.threads.remove(&tid.as_raw());
