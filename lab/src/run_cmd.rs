@@ -496,25 +496,30 @@ impl Step<'_> {
             .map_err(|e| Failure::new(format!("{e:#}"), Some(&server)))?;
         let session = match self.backend {
             Some(backend) => Some(
-                tracer::start(
-                    tracer::Target::Pid(server.pid() as i32),
-                    tracer::Options {
-                        backend,
-                        overrides: tracer::Overrides {
-                            db: tracer::DbEndpoint::from_url(self.url),
-                            listen_ports: vec![server.addr().port()],
-                            log_files: if self.args.log == "off" || self.args.log == "stdout" {
-                                vec![]
-                            } else {
-                                vec![log_file]
+                self.placement
+                    .beside_server(backend, || {
+                        tracer::start(
+                            tracer::Target::Pid(server.pid() as i32),
+                            tracer::Options {
+                                backend,
+                                overrides: tracer::Overrides {
+                                    db: tracer::DbEndpoint::from_url(self.url),
+                                    listen_ports: vec![server.addr().port()],
+                                    log_files: if self.args.log == "off"
+                                        || self.args.log == "stdout"
+                                    {
+                                        vec![]
+                                    } else {
+                                        vec![log_file]
+                                    },
+                                },
+                                variant: Some(variant.to_string()),
                             },
-                        },
-                        variant: Some(variant.to_string()),
-                    },
-                )
-                .map_err(|e| {
-                    Failure::new(format!("the tracer did not start: {e:#}"), Some(&server))
-                })?,
+                        )
+                    })
+                    .map_err(|e| {
+                        Failure::new(format!("the tracer did not start: {e:#}"), Some(&server))
+                    })?,
             ),
             None => None,
         };
@@ -811,6 +816,23 @@ impl Placement {
                 self.server, self.load
             )
         }
+    }
+
+    /// Runs `start` (which starts the tracer's threads) on the server's CPUs. A ptrace
+    /// tracer must run for every syscall the server makes (each one stops the tracee
+    /// until the tracer resumes it): left on the load generator's CPUs, which this thread
+    /// is pinned to, it competed with the busy load generator, and under outside load the
+    /// server's stops waited for it for seconds (requests stalled in a third of the runs).
+    /// Beside the server it runs while the tracee waits, as strace would. The eBPF
+    /// backend's thread only reads maps and stays with the lab.
+    fn beside_server<T>(&self, backend: tracer::Backend, start: impl FnOnce() -> T) -> T {
+        if self.server.is_empty() || backend != tracer::Backend::Ptrace {
+            return start();
+        }
+        let _ = set_affinity(0, &self.server);
+        let started = start();
+        let _ = set_affinity(0, &self.load);
+        started
     }
 
     /// Pins every thread the server has now; threads it starts later inherit the mask.

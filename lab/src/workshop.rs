@@ -753,10 +753,11 @@ fn run_side(setup: &Setup, settings: &Settings) -> Result<Run> {
         )?;
     }
     let mut run = crate::run_cmd::execute(&args)?;
-    // Attaching ptrace to a loaded server now and then (a third to half of the runs on a
-    // busy 2-core VM) stalls it for most of the window: the run fails, or completes a few
-    // dozen requests whose per-request counts are all fixed costs. A tracer issue, not the
-    // exercise's: up to four more tries, said aloud.
+    // Before `lab run` put the ptrace tracer on the server's CPU (run_cmd's
+    // `Placement::beside_server`), it competed with the load generator and a third to half
+    // of the ptrace runs on a busy 2-core VM stalled. None has been seen since; should one
+    // happen, its per-request counts would be all fixed costs, so it is retried (up to four
+    // more tries), said aloud, rather than checked.
     let mut tries = 1;
     while setup.tracer == TracerChoice::Ptrace && tries < 5 {
         let Some(why) = stalled(&run) else { break };
