@@ -60,6 +60,8 @@ pub enum TracerChoice {
     Auto,
     Ebpf,
     Ptrace,
+    /// Debian's `strace -f -c`: the peer observer (counts by name only, fd I/O as other).
+    Strace,
     Off,
 }
 
@@ -278,6 +280,7 @@ pub fn execute(args: &RunArgs) -> Result<Run> {
             Some(tracer::Backend::Ebpf)
         }
         TracerChoice::Ptrace => Some(tracer::Backend::Ptrace),
+        TracerChoice::Strace => Some(tracer::Backend::Strace),
         TracerChoice::Auto => match tracer::privileges::check_ebpf() {
             Ok(_) => Some(tracer::Backend::Ebpf),
             Err(error) => {
@@ -704,7 +707,10 @@ impl Step<'_> {
         config.warmup_s = 0.0;
         config.rate = self.args.rate;
         config.pipeline = self.args.pipeline;
-        if self.backend == Some(tracer::Backend::Ptrace) {
+        if matches!(
+            self.backend,
+            Some(tracer::Backend::Ptrace | tracer::Backend::Strace)
+        ) {
             // Under ptrace every traced syscall stops the server, and attaching stops all
             // its threads at once: answers come late rather than never, so they are
             // measured as latency instead of counted as timeouts.
@@ -823,10 +829,11 @@ impl Placement {
     /// until the tracer resumes it): left on the load generator's CPUs, which this thread
     /// is pinned to, it competed with the busy load generator, and under outside load the
     /// server's stops waited for it for seconds (requests stalled in a third of the runs).
-    /// Beside the server it runs while the tracee waits, as strace would. The eBPF
+    /// Beside the server it runs while the tracee waits (so does strace, the same kind of
+    /// tracer, when `--tracer strace` starts it). The eBPF
     /// backend's thread only reads maps and stays with the lab.
     fn beside_server<T>(&self, backend: tracer::Backend, start: impl FnOnce() -> T) -> T {
-        if self.server.is_empty() || backend != tracer::Backend::Ptrace {
+        if self.server.is_empty() || backend == tracer::Backend::Ebpf {
             return start();
         }
         let _ = set_affinity(0, &self.server);

@@ -23,6 +23,7 @@ pub struct TraceArgs {
     pub pid: Option<i32>,
     /// ebpf: in-kernel, exact, low overhead (needs root or CAP_BPF+CAP_PERFMON and BTF).
     /// ptrace: a slower approximation that needs no special privileges for its own child.
+    /// strace: Debian's `strace -f -c` attached to --pid, counts by name only (the peer).
     #[arg(long, value_enum, default_value = "ebpf")]
     pub backend: Backend,
     /// Write the profile as JSON (schema: docs/tracer.md) to this file (`-`: stdout).

@@ -3,7 +3,8 @@
 //!
 //! One interface ([`start`] -> [`Session`] -> [`Profile`]), two backends: eBPF (in-kernel
 //! classification and aggregation, [`ebpf`]) and ptrace (a portable approximation,
-//! [`ptrace`]). `lab trace` is [`cli::run`]; `lab run` uses [`start`] directly.
+//! [`ptrace`]), plus Debian's `strace -f -c` as a third, foreign observer ([`strace`]) for
+//! comparison. `lab trace` is [`cli::run`]; `lab run` uses [`start`] directly.
 
 pub mod category;
 pub mod cli;
@@ -17,6 +18,7 @@ pub mod ptrace;
 pub mod render;
 mod session;
 mod spawn;
+pub mod strace;
 pub mod syscalls;
 
 pub use category::Category;

@@ -20,6 +20,8 @@ use crate::profile::Profile;
 pub enum Backend {
     Ebpf,
     Ptrace,
+    /// Debian's `strace -f -c`, the peer our counts are checked against (attach only).
+    Strace,
 }
 
 impl Backend {
@@ -27,6 +29,7 @@ impl Backend {
         match self {
             Backend::Ebpf => "ebpf",
             Backend::Ptrace => "ptrace",
+            Backend::Strace => "strace",
         }
     }
 }
@@ -95,6 +98,7 @@ pub fn start(target: Target, opts: Options) -> Result<Session> {
         .spawn(move || match o.backend {
             Backend::Ebpf => crate::ebpf::run(target, o, ready_tx, cmd_rx, sh),
             Backend::Ptrace => crate::ptrace::run(target, o, ready_tx, cmd_rx, sh),
+            Backend::Strace => crate::strace::run(target, o, ready_tx, cmd_rx, sh),
         })?;
     match ready_rx.recv() {
         Ok(Ok(started)) => Ok(Session {
