@@ -125,3 +125,8 @@ fn exercise_12_observer_effect() {
 fn exercise_13_registered_buffers() {
     check(13);
 }
+
+#[test]
+fn exercise_14_strace() {
+    check(14);
+}
