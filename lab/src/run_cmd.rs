@@ -754,38 +754,47 @@ struct ProfileRequest<'a> {
 /// `GET path?seconds=N` on a connection of its own; the body of a 200, else the status
 /// and the server's reason.
 fn fetch_profile(addr: std::net::SocketAddr, path: &str, seconds: u32) -> Result<Vec<u8>, String> {
-    use std::io::{Read, Write};
-    let fail = |e: std::io::Error| format!("{path}: {e}");
-    let mut stream =
-        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(fail)?;
     // The answer comes after the profile's length, plus symbolising and rendering.
-    stream
-        .set_read_timeout(Some(Duration::from_secs(u64::from(seconds) + 60)))
-        .map_err(fail)?;
-    stream
-        .write_all(
-            format!(
-                "GET {path}?seconds={seconds} HTTP/1.1\r\nHost: lab\r\nConnection: close\r\n\r\n"
-            )
-            .as_bytes(),
-        )
-        .map_err(fail)?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).map_err(fail)?;
-    let split = response
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| format!("{path}: no HTTP response"))?;
-    let head = String::from_utf8_lossy(&response[..split]).to_string();
-    let body = response[split + 4..].to_vec();
-    let status = head.split_whitespace().nth(1).unwrap_or("?");
-    if status != "200" {
+    let wait = Duration::from_secs(u64::from(seconds) + 60);
+    let (status, body) = http_get(addr, &format!("{path}?seconds={seconds}"), wait)
+        .map_err(|e| format!("{path}: {e}"))?;
+    if status != 200 {
         return Err(format!(
             "{path}: HTTP {status}: {}",
             String::from_utf8_lossy(&body).trim()
         ));
     }
     Ok(body)
+}
+
+/// One `GET` on a connection of its own (`Connection: close`): status and body.
+fn http_get(
+    addr: std::net::SocketAddr,
+    target: &str,
+    read_timeout: Duration,
+) -> Result<(u16, Vec<u8>), String> {
+    use std::io::{Read, Write};
+    let io = |e: std::io::Error| e.to_string();
+    let mut stream =
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(io)?;
+    stream.set_read_timeout(Some(read_timeout)).map_err(io)?;
+    stream
+        .write_all(
+            format!("GET {target} HTTP/1.1\r\nHost: lab\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .map_err(io)?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).map_err(io)?;
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or("no HTTP response")?;
+    let status = String::from_utf8_lossy(&response[..split])
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or("no HTTP status")?;
+    Ok((status, response[split + 4..].to_vec()))
 }
 
 /// Which CPUs the server and the load generator get.
@@ -925,14 +934,8 @@ fn thread_count(pid: u32) -> u64 {
 
 /// (voluntary, involuntary) from the server's `lab_process_context_switches_total`.
 fn scraped_switches(addr: std::net::SocketAddr) -> Option<(u64, u64)> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: lab\r\nConnection: close\r\n\r\n")
-        .ok()?;
-    let mut text = String::new();
-    stream.read_to_string(&mut text).ok()?;
+    let (_, body) = http_get(addr, "/metrics", Duration::from_secs(5)).ok()?;
+    let text = String::from_utf8_lossy(&body);
     let value = |kind: &str| {
         text.lines()
             .find(|l| {
@@ -967,7 +970,7 @@ fn run_id() -> String {
 }
 
 /// Gregorian date of a day number since 1970-01-01 (Howard Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
+pub(crate) fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);

@@ -92,26 +92,12 @@ impl Strace {
     }
 }
 
+/// Calls and errors per syscall, read by the tracer's own reader of strace's table.
 pub fn parse_strace(text: &str) -> BTreeMap<String, (u64, u64)> {
-    let mut m = BTreeMap::new();
-    for line in text.lines() {
-        let cols: Vec<&str> = line.split_whitespace().collect();
-        if cols.len() < 5 || cols[0].starts_with('%') || cols[0].starts_with('-') {
-            continue;
-        }
-        let name = *cols.last().unwrap();
-        if name == "total" || cols[3].parse::<u64>().is_err() {
-            continue;
-        }
-        let calls: u64 = cols[3].parse().unwrap();
-        let errors: u64 = if cols.len() == 6 {
-            cols[4].parse().unwrap_or(0)
-        } else {
-            0
-        };
-        m.insert(name.to_string(), (calls, errors));
-    }
-    m
+    tracer::strace::parse_summary(text)
+        .into_iter()
+        .map(|(name, stats)| (name, (stats.count, stats.errors)))
+        .collect()
 }
 
 pub fn rand() -> u64 {
