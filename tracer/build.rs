@@ -23,7 +23,8 @@ fn main() {
 
     if let Err(e) = SkeletonBuilder::new()
         .source(SRC)
-        .clang_args(["-I", "src/bpf", "-Wall", "-Wno-unused-function"])
+        // v3: atomic fetch-and-add and compare-and-swap that return a value (kernel 5.12).
+        .clang_args(["-I", "src/bpf", "-mcpu=v3", "-Wall", "-Wno-unused-function"])
         .build_and_generate(out.join("tracer.skel.rs"))
     {
         panic!(

@@ -20,6 +20,7 @@ pub const CLOSE: u32 = 1 << 10;
 pub const LISTEN: u32 = 1 << 11;
 pub const RET_FD: u32 = 1 << 12;
 pub const NORET: u32 = 1 << 13;
+pub const EPOLL_NEW: u32 = 1 << 14;
 
 /// Number of syscall slots the BPF program knows (ids above are ignored).
 pub const NR_SLOTS: u32 = 512;
@@ -61,8 +62,9 @@ pub fn class_of(name: &str) -> (Category, u32) {
         "epoll_wait" | "epoll_pwait" | "epoll_pwait2" => (EventLoop, EPOLL_WAIT),
         "epoll_ctl" => (EventLoop, EPOLL_CTL),
         "poll" | "ppoll" => (EventLoop, POLL),
-        "select" | "pselect6" | "epoll_create" | "epoll_create1" | "io_uring_enter"
-        | "io_uring_setup" | "io_uring_register" | "eventfd" | "eventfd2" => (EventLoop, 0),
+        "epoll_create" | "epoll_create1" => (EventLoop, EPOLL_NEW),
+        "select" | "pselect6" | "io_uring_enter" | "io_uring_setup" | "io_uring_register"
+        | "eventfd" | "eventfd2" => (EventLoop, 0),
         "futex" | "futex_waitv" | "futex_wait" | "futex_wake" | "futex_requeue" | "sched_yield" => {
             (Sync, 0)
         }

@@ -322,6 +322,57 @@ fn ebpf_off_cpu_time_of_a_blocking_read_goes_to_its_category() {
     assert!(p.notes.iter().any(|n| n.contains("exited")));
 }
 
+/// mio waits on a dup of the epoll descriptor it registers with (Registry::try_clone): a
+/// set built during the trace is the database's from its first wait, on either number.
+#[test]
+fn ebpf_follows_an_epoll_set_through_a_dup_from_the_first_wait() {
+    require_root();
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let db_port = l.local_addr().unwrap().port();
+    let waits = 20;
+    let cmd = vec![
+        workload_bin().into_os_string(),
+        "epoll-dup".into(),
+        db_port.to_string().into(),
+        waits.to_string().into(),
+    ];
+    let o = Options {
+        backend: Backend::Ebpf,
+        overrides: Overrides {
+            db: Some(DbEndpoint::Tcp {
+                host: "127.0.0.1".into(),
+                port: db_port,
+            }),
+            ..Overrides::default()
+        },
+        variant: None,
+    };
+    let session = start(Target::Command(cmd), o).unwrap();
+    let (mut c, _) = l.accept().unwrap();
+    // 20 wake-ups in about 200 ms: well inside the tracer's first second.
+    for _ in 0..waits {
+        std::thread::sleep(Duration::from_millis(10));
+        c.write_all(b"x").unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !session.target_exited() {
+        assert!(Instant::now() < deadline, "epoll-dup did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let p = session.stop().unwrap();
+    let count = |cat| {
+        p.call(Kind::Syscall, "epoll_wait", cat)
+            .map(|r| r.stats.count)
+            .unwrap_or(0)
+    };
+    assert_eq!(
+        (count(Category::Database), count(Category::EventLoop)),
+        (waits, 0),
+        "epoll_wait (database, event-loop) on the dup of a database-only set\n{}",
+        tracer::render::table(&p)
+    );
+}
+
 #[test]
 fn cli_reports_missing_pid_with_exit_2_and_writes_json() {
     let exe = env!("CARGO_BIN_EXE_lab-trace");

@@ -10,6 +10,9 @@
 //!   reaped with one io_uring_enter.
 //! - `block DB_PORT N`: connects to DB_PORT and reads one byte N times; each read blocks
 //!   for as long as the peer waits before sending.
+//! - `epoll-dup DB_PORT N`: what mio does with a worker's epoll: creates an epoll set, dups
+//!   its descriptor, registers a connection to DB_PORT through the first number and waits
+//!   on the second, N times (`epoll_wait`, then a one-byte read).
 
 use std::fs::OpenOptions;
 use std::io::{Read, Write};
@@ -21,7 +24,11 @@ fn main() {
         Some("serve") => serve(&args[2], &args[3], args.get(4).map(|p| p.parse().unwrap())),
         Some("uring") => uring(&args[2]),
         Some("block") => block(args[2].parse().unwrap(), args[3].parse().unwrap()),
-        _ => panic!("usage: tracer-workload serve PORT_FILE LOG_PATH [DB_PORT] | block DB_PORT N"),
+        Some("epoll-dup") => epoll_dup(args[2].parse().unwrap(), args[3].parse().unwrap()),
+        _ => panic!(
+            "usage: tracer-workload serve PORT_FILE LOG_PATH [DB_PORT] | uring PORT_FILE | \
+             block DB_PORT N | epoll-dup DB_PORT N"
+        ),
     }
 }
 
@@ -62,6 +69,32 @@ fn block(db_port: u16, n: usize) {
     let mut b = [0u8; 1];
     for _ in 0..n {
         s.read_exact(&mut b).unwrap();
+    }
+}
+
+fn epoll_dup(db_port: u16, n: usize) {
+    use std::os::fd::AsRawFd;
+
+    let mut s = TcpStream::connect(("127.0.0.1", db_port)).unwrap();
+    unsafe {
+        let ep = libc::epoll_create1(libc::EPOLL_CLOEXEC);
+        assert!(ep >= 0, "epoll_create1");
+        let dup = libc::fcntl(ep, libc::F_DUPFD_CLOEXEC, 0);
+        assert!(dup >= 0, "dup");
+        let mut ev = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: 1,
+        };
+        assert_eq!(
+            libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, s.as_raw_fd(), &mut ev),
+            0
+        );
+        let mut b = [0u8; 1];
+        for _ in 0..n {
+            let mut out = [libc::epoll_event { events: 0, u64: 0 }; 1];
+            assert_eq!(libc::epoll_wait(dup, out.as_mut_ptr(), 1, -1), 1);
+            s.read_exact(&mut b).unwrap();
+        }
     }
 }
 

@@ -15,7 +15,7 @@ mod skel {
 }
 
 use std::mem::MaybeUninit;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -104,7 +104,7 @@ pub(crate) fn run(
 
     let mut ctx = Context::resolve(pid, &opts.overrides);
     let mut storage = MaybeUninit::uninit();
-    let skel = match load(&mut storage, pid, &ctx) {
+    let mut skel = match load(&mut storage, pid, &ctx) {
         Ok(s) => s,
         Err(e) => {
             kill_held(&held);
@@ -112,7 +112,7 @@ pub(crate) fn run(
             bail!("not attached");
         }
     };
-    if let Err(e) = sync_maps(&skel, &ctx) {
+    if let Err(e) = sync_maps(&mut skel, &ctx) {
         kill_held(&held);
         let _ = ready.send(Err(e));
         bail!("not attached");
@@ -163,15 +163,11 @@ pub(crate) fn run(
             } else if last_refresh.elapsed() > Duration::from_secs(1) {
                 last_refresh = Instant::now();
                 if ctx.refresh(pid) {
-                    sync_maps(&skel, &ctx)?;
+                    sync_maps(&mut skel, &ctx)?;
                 }
-                // mio dups its epoll fd (Registry::try_clone), so epoll_ctl on one number
-                // and epoll_wait on the other: the BPF map is keyed by number and only
-                // sees the first. /proc shows both with the same set: re-read it.
-                seed_epoll_sets(&skel, pid, &ctx);
             } else if ctx.refresh_log_ids() {
                 // A log file named by the user was just created: known within 100 ms.
-                sync_maps(&skel, &ctx)?;
+                sync_maps(&mut skel, &ctx)?;
             }
         }
     }
@@ -254,7 +250,7 @@ fn load<'obj>(
     let mut skel = open
         .load()
         .context("loading the BPF programs into the kernel (see the verifier log above if any)")?;
-    // The syscall table before the programs run.
+    // The syscall table and the known listening ports before the programs run.
     for (nr, v) in syscalls::class_table().into_iter().enumerate() {
         skel.maps
             .sys_class
@@ -265,11 +261,14 @@ fn load<'obj>(
 }
 
 /// Pushes listening ports and log files into the maps.
-fn sync_maps(skel: &TracerSkel, ctx: &Context) -> Result<()> {
+fn sync_maps(skel: &mut TracerSkel, ctx: &Context) -> Result<()> {
+    let bss = skel
+        .maps
+        .bss_data
+        .as_deref_mut()
+        .ok_or_else(|| anyhow!("the BPF object has no bss"))?;
     for p in &ctx.listen_ports {
-        skel.maps
-            .listen_ports
-            .update(&p.to_ne_bytes(), &[1], MapFlags::ANY)?;
+        add_listen_port(&mut bss.listen_port_list, *p);
     }
     for l in &ctx.log_files {
         if let Some((dev, ino)) = l.id {
@@ -281,6 +280,22 @@ fn sync_maps(skel: &TracerSkel, ctx: &Context) -> Result<()> {
     Ok(())
 }
 
+/// Adds `port` to the program's list of listening ports (a global in its mmap'ed .bss),
+/// with the same compare-and-swap the program uses when the target calls listen().
+fn add_listen_port(list: &mut [u32], port: u16) {
+    let port = u32::from(port);
+    for slot in list.iter_mut() {
+        // SAFETY: the slot is an aligned u32 that only atomics touch, here and in the
+        // kernel; the &mut keeps Rust's side exclusive.
+        let slot = unsafe { AtomicU32::from_ptr(slot) };
+        match slot.compare_exchange(0, port, Ordering::SeqCst, Ordering::SeqCst) {
+            Ok(_) => return,
+            Err(p) if p == port => return,
+            Err(_) => {}
+        }
+    }
+}
+
 fn log_key(dev: u32, ino: u64) -> [u8; 16] {
     let mut k = [0u8; 16];
     k[..8].copy_from_slice(&ino.to_ne_bytes());
@@ -288,9 +303,10 @@ fn log_key(dev: u32, ino: u64) -> [u8; 16] {
     k
 }
 
-/// The epoll sets as /proc shows them (fdinfo), so that a Postgres client's private
-/// epoll is known to be the database's: at attach (the sets were built before we came)
-/// and every second (sets built since, on either number of a dup'ed epoll fd).
+/// The epoll sets that existed before the tracer attached, as /proc shows them (fdinfo),
+/// so that a Postgres client's private epoll is known to be the database's. Sets built
+/// later are followed by the program itself, by file (so every number of a dup'ed epoll
+/// fd shares one), from their epoll_create on.
 fn seed_epoll_sets(skel: &TracerSkel, pid: i32, ctx: &Context) {
     let socks = procfs::tcp_sockets(pid);
     for fd in procfs::fds(pid) {
@@ -319,7 +335,7 @@ fn seed_epoll_sets(skel: &TracerSkel, pid: i32, ctx: &Context) {
         }
         let _ = skel
             .maps
-            .epoll_fds
+            .epoll_seed
             .update(&(fd as u32).to_ne_bytes(), &v, MapFlags::ANY);
     }
 }
@@ -338,14 +354,19 @@ fn u64_at(b: &[u8], i: usize) -> u64 {
     u64::from_ne_bytes(b[i * 8..i * 8 + 8].try_into().expect("8 bytes"))
 }
 
-/// Reads the per-CPU aggregates (key: comm[16], nr u16, cat u8, kind u8; value: 7 u64
-/// counters then the histogram) and folds them into a profile.
+/// Reads the per-CPU aggregates (row keys in agg_slots: comm[16], nr u16, cat u8, kind
+/// u8 -> slot; agg_arr[slot]: 7 u64 counters then the histogram) and folds them into a
+/// profile.
 fn read_profile(skel: &TracerSkel, meta: Meta) -> Result<Profile> {
-    let agg = &skel.maps.agg;
+    let slots = &skel.maps.agg_slots;
+    let agg = &skel.maps.agg_arr;
     let mut records = Vec::new();
     let mut outside = Stats::default();
-    for key in agg.keys() {
-        let Some(cpus) = agg.lookup_percpu(&key, MapFlags::ANY)? else {
+    for key in slots.keys() {
+        let Some(slot) = slots.lookup(&key, MapFlags::ANY)? else {
+            continue;
+        };
+        let Some(cpus) = agg.lookup_percpu(&slot, MapFlags::ANY)? else {
             continue;
         };
         let mut s = Stats {
