@@ -80,8 +80,12 @@ fn flamegraph_under_load(variant: &str) {
     let (samples, functions) =
         servers::profile::summarise(&protobuf.body).unwrap_or_else(|e| panic!("{variant}: {e}"));
     assert!(samples > 0, "{variant}: a profile without samples");
+    // In an optimised build the inlined frames keep only short names (`{async_fn#0}`)
+    // and their file says whose they are.
     assert!(
-        functions.iter().any(|f| f.name.starts_with("servers::")),
+        functions
+            .iter()
+            .any(|f| f.name.starts_with("servers::") || f.file.contains("servers/src/")),
         "{variant}: no function of the server in the profile: {:?}",
         &functions[..functions.len().min(20)]
     );

@@ -137,11 +137,25 @@ pub fn run(args: &Args) -> Result<()> {
                 let _ended = EndNotice(index, ended);
                 let mut builder = tokio_uring::builder();
                 builder.entries(RING_ENTRIES);
+                let mut ring = tokio_uring::uring_builder();
+                // SINGLE_ISSUER: only this thread submits, so the kernel skips the locking.
+                ring.setup_single_issuer();
                 if let Some(idle_ms) = sqpoll_idle_ms {
                     // A kernel thread polls the submission queue, so submitting needs no
                     // io_uring_enter while it is awake; it sleeps after `idle_ms` without work.
-                    builder.uring_builder(tokio_uring::uring_builder().setup_sqpoll(idle_ms));
+                    // (The kernel thread never interrupts this one: COOP_TASKRUN is implied,
+                    // and refused when asked for.)
+                    ring.setup_sqpoll(idle_ms);
+                } else {
+                    // COOP_TASKRUN: a completion that arrives while this thread runs in
+                    // user space waits for its next syscall (io_uring_enter or epoll_wait,
+                    // soon under load) instead of interrupting it with an inter-processor
+                    // interrupt. Without it each client packet that the other CPU received
+                    // sent one here: /plaintext at 64 connections on one CPU went from
+                    // 105-111k to 131-137k requests/s with it (docs/benchmarks.md).
+                    ring.setup_coop_taskrun();
                 }
+                builder.uring_builder(&ring);
                 let runtime = match tokio_uring::Runtime::new(&builder) {
                     Ok(runtime) => runtime,
                     Err(error) => {
