@@ -68,6 +68,12 @@ pub fn is_non_tcp_socket(pid: i32, fd: i32, tcp: &HashMap<u64, TcpSock>) -> bool
     matches!(fd_target(pid, fd), Some(FdTarget::Socket(inode)) if !tcp.contains_key(&inode))
 }
 
+/// An io_uring instance: in an epoll set its completions can be for anything, so a wait
+/// on that set is the event loop's (tokio-uring: the clients' I/O next to the database's).
+pub fn is_io_uring(pid: i32, fd: i32) -> bool {
+    fd_target(pid, fd) == Some(FdTarget::AnonInode("io_uring".into()))
+}
+
 pub fn fd_target(pid: i32, fd: i32) -> Option<FdTarget> {
     let link = fs::read_link(format!("/proc/{pid}/fd/{fd}")).ok()?;
     let s = link.to_string_lossy();

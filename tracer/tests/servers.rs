@@ -378,4 +378,17 @@ fn io_uring_ring_ops_are_network_and_syscalls_drop() {
         tracer::render::table(&ring),
         tracer::render::table(&epoll)
     );
+    // tokio-uring's epoll set holds the ring (the clients' completions) and the database
+    // sockets: its waits are the event loop's, not the database's.
+    let waits = |cat| {
+        ring.call(Kind::Syscall, "epoll_wait", cat)
+            .map_or(0, |r| r.stats.count)
+    };
+    assert!(
+        waits(Category::EventLoop) > 0 && waits(Category::Database) == 0,
+        "io-uring's epoll_wait: {} event-loop, {} database\n{}",
+        waits(Category::EventLoop),
+        waits(Category::Database),
+        tracer::render::table(&ring)
+    );
 }

@@ -447,6 +447,19 @@ static __always_inline bool is_unix_socket(struct file *f)
 	return socket_sk(f)->__sk_common.skc_family == AF_UNIX;
 }
 
+/* An io_uring instance (its completions make it readable). */
+static __always_inline bool is_io_uring(struct file *fp)
+{
+	if (!fp)
+		return false;
+	struct file *f = bpf_core_cast(fp, struct file);
+	if (f->f_inode->i_sb->s_magic != ANON_INODE_FS_MAGIC)
+		return false;
+	u64 head = 0;
+	bpf_probe_read_kernel(&head, sizeof(head), f->f_path.dentry->d_name.name);
+	return head == ANON_IO_URING;
+}
+
 static __always_inline u8 classify_fd(struct task_struct *task, int fd)
 {
 	return classify_file(fd_file(task, fd), fd);
@@ -511,6 +524,10 @@ static __always_inline void epoll_ctl_note(struct task_struct *task, u32 epfd, i
 	if (cat == CAT_NONE && is_unix_socket(f))
 		return;
 	int slot = cover_slot(cat);
+	/* A ring in the set: the wait is also for its completions (tokio-uring waits for the
+	 * ring's client I/O and its database sockets in one epoll), whatever they are for. */
+	if (cat == CAT_EVENT_LOOP && is_io_uring(f))
+		slot = 3;
 	if (slot < 0 || slot > 3)
 		return;
 	struct epoll_cover *c = epoll_set(task, epfd);

@@ -325,6 +325,8 @@ fn seed_epoll_sets(skel: &TracerSkel, pid: i32, ctx: &Context) {
                 Some(Category::Network) => n[0] += 1,
                 Some(Category::Database) => n[1] += 1,
                 Some(Category::Logging) => n[2] += 1,
+                // A ring's completions can be for anything (tokio-uring: the clients').
+                Some(Category::EventLoop) if procfs::is_io_uring(pid, tfd) => n[3] += 1,
                 Some(Category::EventLoop) => {}
                 _ => n[3] += 1,
             }

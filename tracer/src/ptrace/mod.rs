@@ -505,7 +505,11 @@ impl Tracer {
                 // (tokio's signal socketpair) is a wake-up channel, like an eventfd.
                 let wakeup = category.is_none()
                     && crate::procfs::is_non_tcp_socket(pid, fd, &crate::procfs::tcp_sockets(pid));
-                if let Some(slot) = slot(category).filter(|_| !wakeup) {
+                // As in the eBPF program: a ring's completions can be for anything.
+                let ring =
+                    category == Some(Category::EventLoop) && crate::procfs::is_io_uring(pid, fd);
+                let slot = if ring { Some(3) } else { slot(category) };
+                if let Some(slot) = slot.filter(|_| !wakeup) {
                     let n = self.epoll.entry(epfd).or_default();
                     n[slot] += if op == libc::EPOLL_CTL_ADD { 1 } else { -1 };
                 }
@@ -608,7 +612,9 @@ impl Tracer {
                 if category.is_none() && crate::procfs::is_non_tcp_socket(pid, tfd, &tcp) {
                     continue;
                 }
-                if let Some(s) = slot(category) {
+                let ring =
+                    category == Some(Category::EventLoop) && crate::procfs::is_io_uring(pid, tfd);
+                if let Some(s) = if ring { Some(3) } else { slot(category) } {
                     n[s] += 1;
                 }
             }
