@@ -15,7 +15,11 @@
 #      DATABASE_URL (default: the lab's test cluster), SERVER_CPU / LOAD_CPU (default 0 / 1),
 #      PORT (default 18181), SPAWN=0 to skip part 2 (spawn mode, ptrace backend against strace),
 #      LAB_TRACE_B=PATH: a second lab-trace build, measured as mode ebpf-b in every round
-#      right after the first (an A/B comparison of a tracer change within one run).
+#      right after the first (an A/B comparison of a tracer change within one run),
+#      GEN=loadgen: the lab's own load generator ($BIN/loadgen, same flags and summary)
+#      instead of wrk. The generator matters: the hook slows *its* syscalls too, and wrk
+#      makes about four per request (read, write, and two epoll_ctl to switch between
+#      waiting for readable and writable), loadgen about two.
 set -euo pipefail
 ROUNDS=${1:-3}
 SECS=${2:-8}
@@ -28,16 +32,22 @@ ADDR=http://127.0.0.1:$PORT/plaintext
 SERVER=("$BIN/server" --variant epoll --workers 1 --log off --listen 127.0.0.1:$PORT --database-url "$URL")
 
 for t in wrk strace bpftrace taskset /usr/bin/time; do command -v $t >/dev/null || { echo "missing $t"; exit 1; }; done
+GEN=${GEN:-wrk}
+case $GEN in
+  wrk) GEN_CMD=(wrk) ;;
+  loadgen) GEN_CMD=("$BIN/loadgen"); [ -x "$BIN/loadgen" ] || { echo "build first: cargo build --release --bins"; exit 1; } ;;
+  *) echo "GEN is wrk or loadgen"; exit 1 ;;
+esac
 [ -x "$BIN/server" ] && [ -x "$BIN/lab-trace" ] || { echo "build first: cargo build --release --bins"; exit 1; }
 
 wait_up() { for _ in $(seq 100); do curl -sf -o /dev/null "$ADDR" && return 0; sleep 0.1; done; echo "server did not start"; exit 1; }
 TCK=$(getconf CLK_TCK)
 ticks() { [[ -n ${1:-} ]] && awk '{print $14 + $15}' "/proc/$1/stat" || echo 0; }
 load() { # $1: server pid (for its CPU time) or empty; prints "req/s server-us/req wrk-us/req"
-  taskset -c "$LCPU" wrk -t1 -c64 -d1s "$ADDR" >/dev/null   # warm-up
+  taskset -c "$LCPU" "${GEN_CMD[@]}" -t1 -c64 -d1s "$ADDR" >/dev/null   # warm-up
   local t0 out t1
   t0=$(ticks "${1:-}")
-  out=$(taskset -c "$LCPU" /usr/bin/time -f 'wrk-cpu %U %S' wrk -t1 -c64 -d"${SECS}s" "$ADDR" 2>&1)
+  out=$(taskset -c "$LCPU" /usr/bin/time -f 'wrk-cpu %U %S' "${GEN_CMD[@]}" -t1 -c64 -d"${SECS}s" "$ADDR" 2>&1)
   t1=$(ticks "${1:-}")
   awk -v t0="$t0" -v t1="$t1" -v tck="$TCK" -v pid="${1:-}" '
     /requests in/ {n = $1} /Requests\/sec/ {rps = $2} /^wrk-cpu/ {w = $2 + $3}
@@ -47,7 +57,7 @@ declare -A R S W
 add() { # mode, "req/s server-us wrk-us"
   local rps s w; read -r rps s w <<<"$2"
   R[$1]="${R[$1]:-} $rps"; S[$1]="${S[$1]:-} $s"; W[$1]="${W[$1]:-} $w"
-  echo "  $1: $rps req/s, CPU per request: server $s us, wrk $w us"
+  echo "  $1: $rps req/s, CPU per request: server $s us, $GEN $w us"
 }
 
 # Part 1: attach to one running server.
@@ -97,7 +107,7 @@ done
 
 median() { tr ' ' '\n' | awk '$1 != "" && $1 != "-"' | sort -n | awk '{a[NR]=$1} END {if (!NR) print "-"; else print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 echo
-printf "%-16s %12s %9s %16s %13s\n" mode "median req/s" "vs base" "server us/req" "wrk us/req"
+printf "%-16s %12s %9s %16s %13s\n" mode "median req/s" "vs base" "server us/req" "$GEN us/req"
 B=$(echo "${R[untraced]}" | median); SB=$(echo "${R[spawn-untraced]:-}" | median)
 MODES=(untraced ebpf ${LAB_TRACE_B:+ebpf-b} bpftrace strace)
 [[ ${SPAWN:-1} == 0 ]] || MODES+=(spawn-untraced spawn-ptrace spawn-strace)
@@ -106,3 +116,19 @@ for m in "${MODES[@]}"; do
   printf "%-16s %12.0f %8.1f%% %16s %13s\n" "$m" "$v" "$(echo "($v/$base-1)*100" | bc -l)" \
     "$(echo "${S[$m]}" | median)" "$(echo "${W[$m]}" | median)"
 done
+
+# Drift-proof view: each round's traced rate against the mean of the two untraced runs
+# around it (untraced, eBPF, untraced), then the median over the rounds.
+paired() { # mode
+  local -a u=(${R[untraced]}) t=(${R[$1]}) ratios=()
+  for i in "${!t[@]}"; do
+    local a=${u[$((2 * i))]:-} b=${u[$((2 * i + 1))]:-}
+    [[ -n $a && -n $b ]] && ratios+=("$(echo "(${t[$i]} / (($a + $b) / 2) - 1) * 100" | bc -l)")
+  done
+  printf "%-16s per round vs its untraced neighbours: %s; median %.1f%%\n" "$1" \
+    "$(printf '%.1f%% ' "${ratios[@]}")" "$(printf '%s\n' "${ratios[@]}" | sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}')"
+}
+echo
+paired ebpf
+[[ -n ${LAB_TRACE_B:-} ]] && paired ebpf-b
+paired bpftrace
