@@ -268,17 +268,16 @@ fn ptrace_spawn_with_seccomp_counts_request_io() {
     let _ = std::fs::remove_file(&log);
 }
 
-#[test]
-fn ebpf_off_cpu_time_of_a_blocking_read_goes_to_its_category() {
-    require_root();
+/// `tracer-workload MODE DB_PORT COUNT` started under the eBPF backend, with a listener of
+/// this test as its database; returns the session and the workload's connection to it.
+fn spawn_with_db(mode: &str, count: usize) -> (tracer::Session, TcpStream) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let db_port = l.local_addr().unwrap().port();
-    let delays = [200u64, 300, 100, 250, 150];
     let cmd = vec![
         workload_bin().into_os_string(),
-        "block".into(),
+        mode.into(),
         db_port.to_string().into(),
-        delays.len().to_string().into(),
+        count.to_string().into(),
     ];
     let o = Options {
         backend: Backend::Ebpf,
@@ -292,17 +291,30 @@ fn ebpf_off_cpu_time_of_a_blocking_read_goes_to_its_category() {
         variant: None,
     };
     let session = start(Target::Command(cmd), o).unwrap();
-    let (mut c, _) = l.accept().unwrap();
+    let (c, _) = l.accept().unwrap();
+    (session, c)
+}
+
+/// Waits (at most 30 s) for the workload to exit, then ends the trace.
+fn stop_after_exit(session: tracer::Session, mode: &str) -> tracer::Profile {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !session.target_exited() {
+        assert!(Instant::now() < deadline, "{mode} did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    session.stop().unwrap()
+}
+
+#[test]
+fn ebpf_off_cpu_time_of_a_blocking_read_goes_to_its_category() {
+    require_root();
+    let delays = [200u64, 300, 100, 250, 150];
+    let (session, mut c) = spawn_with_db("block", delays.len());
     for d in delays {
         std::thread::sleep(Duration::from_millis(d));
         c.write_all(b"x").unwrap();
     }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !session.target_exited() {
-        assert!(Instant::now() < deadline, "block did not exit");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let p = session.stop().unwrap();
+    let p = stop_after_exit(session, "block");
     let expected: u64 = delays.iter().sum::<u64>() * 1_000_000;
     let db = p.category(Category::Database).syscalls.clone();
     assert!(
@@ -327,39 +339,14 @@ fn ebpf_off_cpu_time_of_a_blocking_read_goes_to_its_category() {
 #[test]
 fn ebpf_follows_an_epoll_set_through_a_dup_from_the_first_wait() {
     require_root();
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let db_port = l.local_addr().unwrap().port();
     let waits = 20;
-    let cmd = vec![
-        workload_bin().into_os_string(),
-        "epoll-dup".into(),
-        db_port.to_string().into(),
-        waits.to_string().into(),
-    ];
-    let o = Options {
-        backend: Backend::Ebpf,
-        overrides: Overrides {
-            db: Some(DbEndpoint::Tcp {
-                host: "127.0.0.1".into(),
-                port: db_port,
-            }),
-            ..Overrides::default()
-        },
-        variant: None,
-    };
-    let session = start(Target::Command(cmd), o).unwrap();
-    let (mut c, _) = l.accept().unwrap();
+    let (session, mut c) = spawn_with_db("epoll-dup", waits as usize);
     // 20 wake-ups in about 200 ms: well inside the tracer's first second.
     for _ in 0..waits {
         std::thread::sleep(Duration::from_millis(10));
         c.write_all(b"x").unwrap();
     }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !session.target_exited() {
-        assert!(Instant::now() < deadline, "epoll-dup did not exit");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let p = session.stop().unwrap();
+    let p = stop_after_exit(session, "epoll-dup");
     let count = |cat| {
         p.call(Kind::Syscall, "epoll_wait", cat)
             .map(|r| r.stats.count)

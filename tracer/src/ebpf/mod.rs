@@ -27,6 +27,7 @@ use libbpf_rs::{MapCore, MapFlags};
 use crate::category::Category;
 use crate::context::{Context, DbEndpoint};
 use crate::profile::{role_of, Kind, Meta, Profile, Record, Stats, TargetInfo, HIST_BUCKETS};
+use crate::ptrace::classify;
 use crate::session::{Cmd, Options, Shared, Started, Target};
 use crate::spawn::{fork_held, Argv, Hold};
 use crate::{procfs, syscalls};
@@ -315,20 +316,11 @@ fn seed_epoll_sets(skel: &TracerSkel, pid: i32, ctx: &Context) {
         }
         let mut n = [0i32; 4];
         for tfd in procfs::epoll_targets(pid, fd) {
-            let category = crate::ptrace::classify::classify_proc_fd(pid, tfd, ctx, &socks);
-            // A socket that is not TCP (tokio's signal-driver socketpair) and not the
-            // database's is a wake-up channel, like an eventfd: as in the BPF program.
-            if category.is_none() && procfs::is_non_tcp_socket(pid, tfd, &socks) {
-                continue;
-            }
-            match category {
-                Some(Category::Network) => n[0] += 1,
-                Some(Category::Database) => n[1] += 1,
-                Some(Category::Logging) => n[2] += 1,
-                // A ring's completions can be for anything (tokio-uring: the clients').
-                Some(Category::EventLoop) if procfs::is_io_uring(pid, tfd) => n[3] += 1,
-                Some(Category::EventLoop) => {}
-                _ => n[3] += 1,
+            let category = classify::classify_proc_fd(pid, tfd, ctx, &socks);
+            if let Some(slot) = classify::epoll_cover_slot(pid, tfd, category, || {
+                procfs::is_non_tcp_socket(pid, tfd, &socks)
+            }) {
+                n[slot] += 1;
             }
         }
         let mut v = [0u8; 16];

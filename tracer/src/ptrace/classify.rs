@@ -109,3 +109,24 @@ impl SockCache {
         classify_target(pid, fd, &t, ctx, tcp.as_ref())
     }
 }
+
+/// Which of an epoll set's counters (0 network, 1 database, 2 logging, 3 other) an fd of
+/// `category` adds to, or None for a wake-up channel, which says nothing about what a wait
+/// is for: an eventfd or timerfd, and a socket that is neither TCP nor the database's
+/// (`non_tcp_socket`; tokio's signal socketpair). A ring counts as other: its completions
+/// can be for anything (tokio-uring: the clients'). The eBPF program applies the same rule.
+pub fn epoll_cover_slot(
+    pid: i32,
+    fd: i32,
+    category: Option<Category>,
+    non_tcp_socket: impl FnOnce() -> bool,
+) -> Option<usize> {
+    match category {
+        Some(Category::Network) => Some(0),
+        Some(Category::Database) => Some(1),
+        Some(Category::Logging) => Some(2),
+        Some(Category::EventLoop) => procfs::is_io_uring(pid, fd).then_some(3),
+        None if non_tcp_socket() => None,
+        _ => Some(3),
+    }
+}

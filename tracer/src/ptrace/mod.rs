@@ -501,15 +501,10 @@ impl Tracer {
             let (epfd, op, fd) = (args[0] as i32, args[1] as i32, args[2] as i32);
             if op == libc::EPOLL_CTL_ADD || op == libc::EPOLL_CTL_DEL {
                 let category = self.classify(fd);
-                // As in the eBPF program: a non-TCP socket that is not the database's
-                // (tokio's signal socketpair) is a wake-up channel, like an eventfd.
-                let wakeup = category.is_none()
-                    && crate::procfs::is_non_tcp_socket(pid, fd, &crate::procfs::tcp_sockets(pid));
-                // As in the eBPF program: a ring's completions can be for anything.
-                let ring =
-                    category == Some(Category::EventLoop) && crate::procfs::is_io_uring(pid, fd);
-                let slot = if ring { Some(3) } else { slot(category) };
-                if let Some(slot) = slot.filter(|_| !wakeup) {
+                let slot = classify::epoll_cover_slot(pid, fd, category, || {
+                    crate::procfs::is_non_tcp_socket(pid, fd, &crate::procfs::tcp_sockets(pid))
+                });
+                if let Some(slot) = slot {
                     let n = self.epoll.entry(epfd).or_default();
                     n[slot] += if op == libc::EPOLL_CTL_ADD { 1 } else { -1 };
                 }
@@ -609,12 +604,9 @@ impl Tracer {
             let tcp = crate::procfs::tcp_sockets(pid);
             for tfd in crate::procfs::epoll_targets(pid, fd) {
                 let category = self.socks.classify(pid, tfd, &self.ctx);
-                if category.is_none() && crate::procfs::is_non_tcp_socket(pid, tfd, &tcp) {
-                    continue;
-                }
-                let ring =
-                    category == Some(Category::EventLoop) && crate::procfs::is_io_uring(pid, tfd);
-                if let Some(s) = if ring { Some(3) } else { slot(category) } {
+                if let Some(s) = classify::epoll_cover_slot(pid, tfd, category, || {
+                    crate::procfs::is_non_tcp_socket(pid, tfd, &tcp)
+                }) {
                     n[s] += 1;
                 }
             }
@@ -704,16 +696,6 @@ impl Tracer {
                 Err(_) => return,
             }
         }
-    }
-}
-
-fn slot(c: Option<Category>) -> Option<usize> {
-    match c {
-        Some(Category::Network) => Some(0),
-        Some(Category::Database) => Some(1),
-        Some(Category::Logging) => Some(2),
-        Some(Category::EventLoop) => None,
-        _ => Some(3),
     }
 }
 
