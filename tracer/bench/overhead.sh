@@ -126,7 +126,7 @@ paired() { # mode
     [[ -n $a && -n $b ]] && ratios+=("$(echo "(${t[$i]} / (($a + $b) / 2) - 1) * 100" | bc -l)")
   done
   printf "%-16s per round vs its untraced neighbours: %s; median %.1f%%\n" "$1" \
-    "$(printf '%.1f%% ' "${ratios[@]}")" "$(printf '%s\n' "${ratios[@]}" | sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}')"
+    "$(printf '%.1f%% ' "${ratios[@]}")" "$(echo "${ratios[@]}" | median)"
 }
 echo
 paired ebpf

@@ -228,9 +228,6 @@ struct {
 	__type(value, u64);
 } dropped SEC(".maps");
 
-/* Initial value of a new agg entry (in .bss: too big for the 512-byte BPF stack). */
-struct agg_val zero_agg = {};
-
 static __always_inline bool is_target(void)
 {
 	return (bpf_get_current_pid_tgid() >> 32) == targ_tgid;
@@ -378,6 +375,16 @@ static __always_inline struct sock *socket_sk(struct file *fp)
  * fault-safe loads through BTF-typed pointers (one instruction each) rather than
  * bpf_probe_read_kernel() helper calls, and reads a file's name only for anonymous
  * inodes (told apart from sockets and files by their superblock). */
+/* The first 8 bytes of an anonymous-inode file's name ("[eventfd", ...); 0 for any other
+ * file, whose name is not read (told apart by the superblock). f: a BTF-typed file. */
+static __always_inline u64 anon_name_head(struct file *f)
+{
+	u64 head = 0;
+	if (f->f_inode->i_sb->s_magic == ANON_INODE_FS_MAGIC)
+		bpf_probe_read_kernel(&head, sizeof(head), f->f_path.dentry->d_name.name);
+	return head;
+}
+
 static __always_inline u8 classify_file(struct file *fp, int fd)
 {
 	if (!fp)
@@ -385,9 +392,8 @@ static __always_inline u8 classify_file(struct file *fp, int fd)
 	struct file *f = bpf_core_cast(fp, struct file);
 	struct inode *ino = f->f_inode;
 	umode_t mode = ino->i_mode;
-	if ((mode & S_IFMT) != S_IFSOCK && ino->i_sb->s_magic == ANON_INODE_FS_MAGIC) {
-		u64 head = 0;
-		bpf_probe_read_kernel(&head, sizeof(head), f->f_path.dentry->d_name.name);
+	if ((mode & S_IFMT) != S_IFSOCK) { /* client sockets, the hot case, skip this */
+		u64 head = anon_name_head(f);
 		if (head == ANON_EVENTFD || head == ANON_EVENTPOLL || head == ANON_IO_URING ||
 		    head == ANON_TIMERFD)
 			return CAT_EVENT_LOOP;
@@ -450,14 +456,7 @@ static __always_inline bool is_unix_socket(struct file *f)
 /* An io_uring instance (its completions make it readable). */
 static __always_inline bool is_io_uring(struct file *fp)
 {
-	if (!fp)
-		return false;
-	struct file *f = bpf_core_cast(fp, struct file);
-	if (f->f_inode->i_sb->s_magic != ANON_INODE_FS_MAGIC)
-		return false;
-	u64 head = 0;
-	bpf_probe_read_kernel(&head, sizeof(head), f->f_path.dentry->d_name.name);
-	return head == ANON_IO_URING;
+	return fp && anon_name_head(bpf_core_cast(fp, struct file)) == ANON_IO_URING;
 }
 
 static __always_inline u8 classify_fd(struct task_struct *task, int fd)
