@@ -106,6 +106,13 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = DbClient::Sqlx)]
     pub db_client: DbClient,
 
+    /// `epoll`: how tokio's runtime is laid out. `shared`: one multi-thread runtime whose
+    /// `--workers` steal each other's tasks and share one listener. `per-core`: one
+    /// current-thread runtime per worker, each with its own `SO_REUSEPORT` listener and
+    /// database client; a connection stays on the thread that accepted it (as io-uring).
+    #[arg(long, value_enum, default_value_t = RuntimeLayout::Shared)]
+    pub runtime: RuntimeLayout,
+
     /// `/updates`: one bulk UPDATE for all rows (`bulk`), or one UPDATE per row (`row`).
     #[arg(long, value_enum, default_value_t = UpdatesMode::Bulk)]
     pub updates: UpdatesMode,
@@ -164,6 +171,12 @@ pub enum DbClient {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RuntimeLayout {
+    Shared,
+    PerCore,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum UpdatesMode {
     Bulk,
     Row,
@@ -184,6 +197,11 @@ impl Args {
         if self.registered_buffers() && self.variant != Variant::IoUring {
             anyhow::bail!(
                 "--registered-buffers on needs the io-uring variant: the others have no ring"
+            );
+        }
+        if self.runtime == RuntimeLayout::PerCore && self.variant != Variant::Epoll {
+            anyhow::bail!(
+                "--runtime per-core is an epoll setting: io-uring always runs one runtime per core, the blocking variants none"
             );
         }
         let queries_in_flight = self.queries_mode == QueriesMode::InFlight;

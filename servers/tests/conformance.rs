@@ -1,7 +1,7 @@
 //! The conformance suite: every endpoint of `../shared/spec/workloads.md` checked against a
 //! real `server` process and a real PostgreSQL. Each variant runs the same checks; adding
 //! a variant is one line in the `conformance!` invocation at the bottom (`VARIANT+pipelined`
-//! runs it with `--db-client pipelined`).
+//! runs it with `--db-client pipelined`, `+per-core` with `--runtime per-core`).
 
 mod support;
 
@@ -480,4 +480,7 @@ conformance!(
     // The async variants again with the pipelined database client (`--db-client pipelined`).
     epoll_pipelined => "epoll+pipelined",
     io_uring_pipelined => "io-uring+pipelined",
+    // epoll with one current-thread runtime per core (`--runtime per-core`), its own
+    // listener and pipelined connection each.
+    epoll_per_core_pipelined => "epoll+per-core+pipelined",
 );

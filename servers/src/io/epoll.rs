@@ -4,6 +4,13 @@
 //! loop; any worker may run any connection's task (work stealing). The listener is one
 //! socket; the accept loop is a task like the others.
 //!
+//! `--runtime per-core` lays the same code out the other way: one current-thread runtime
+//! per worker (`tokio-core-N`), each with its own `SO_REUSEPORT` listener, accept loop and
+//! database client, so a connection and its queries stay on the thread the kernel handed
+//! it to (the io-uring variant's layout, and may-minihttp's or actix's). Nothing is stolen,
+//! so no worker wakes another with a `futex`, but one busy connection cannot move to an
+//! idle core either. The main thread only waits for SIGINT/SIGTERM.
+//!
 //! Where the syscalls come from, per keep-alive request: one `recvfrom` when epoll said
 //! the socket is readable (tokio stops at a short read instead of reading again until
 //! EAGAIN), one `sendto`/`writev` of the response (pipelined responses are flushed
@@ -20,7 +27,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result};
+use anyhow::{anyhow, Context as _, Result};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -34,45 +41,161 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
 
 use crate::app::{self, Resolved};
-use crate::cli::Args;
+use crate::cli::{Args, RuntimeLayout};
 use crate::database::AsyncDatabase;
 use crate::metrics::METRICS;
 use crate::{date, logging};
 
 pub fn run(args: &Args) -> Result<()> {
+    let setup = Setup {
+        url: args.database_url(),
+        knobs: args.knobs()?,
+        http: http_builder(args),
+        nodelay: args.nodelay(),
+        send_timeout: args.send_timeout(),
+    };
+    args.split_writes()?;
+    match args.runtime {
+        RuntimeLayout::Shared => run_shared(args, setup),
+        RuntimeLayout::PerCore => run_per_core(args, setup),
+    }
+}
+
+/// What every accept loop needs, whatever the runtime layout.
+#[derive(Clone)]
+struct Setup {
+    url: String,
+    knobs: crate::database::Knobs,
+    http: http1::Builder,
+    nodelay: bool,
+    send_timeout: Duration,
+}
+
+/// `--runtime shared` (the default): one multi-thread runtime, one listener, one store.
+fn run_shared(args: &Args, setup: Setup) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.workers())
         .thread_name("tokio-worker")
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
-    runtime.block_on(serve(args))
-}
-
-async fn serve(args: &Args) -> Result<()> {
-    let url = args.database_url();
     // The pipelined client shares one connection per worker thread.
     let store = Arc::new(AsyncDatabase::new(
         args.db_client,
-        &url,
+        &setup.url,
         args.pool_size(),
         args.workers(),
-        args.knobs()?,
+        setup.knobs,
     )?);
-    let watched = store.clone();
-    tokio::spawn(async move { watched.wait_until_reachable(db::redact(&url)).await });
+    runtime.block_on(async {
+        let watched = store.clone();
+        let redacted = db::redact(&setup.url);
+        tokio::spawn(async move { watched.wait_until_reachable(redacted).await });
+        let listener = listen(args.listen)?;
+        tracing::info!(
+            "epoll variant serving http://{} with {} worker threads (one shared runtime), database client {:?} (up to {} pooled connections for sqlx, one shared per worker for pipelined), log {:?}",
+            listener.local_addr()?,
+            args.workers(),
+            args.db_client,
+            args.pool_size(),
+            args.log
+        );
+        accept_loop(listener, &setup, store, super::shutdown_signal()).await;
+        Ok(())
+    })
+}
 
-    args.split_writes()?;
-    let listener = listen(args.listen)?;
-    tracing::info!(
-        "epoll variant serving http://{} with {} worker threads, database client {:?} (up to {} pooled connections for sqlx, one shared per worker for pipelined), log {:?}",
-        listener.local_addr()?,
-        args.workers(),
-        args.db_client,
-        args.pool_size(),
-        args.log
-    );
+/// `--runtime per-core`: one current-thread runtime per worker, each with its own
+/// `SO_REUSEPORT` listener and store; the main thread waits for a signal and stops them.
+fn run_per_core(args: &Args, setup: Setup) -> Result<()> {
+    let workers = args.workers();
+    let (listeners, addr) = super::reuseport_listeners(args.listen, workers)?;
+    let sizes = super::split_pool(args.pool_size(), workers);
+    let stores = sizes
+        .iter()
+        // The pipelined client: one connection per runtime, used only by its thread.
+        .map(|&size| AsyncDatabase::new(args.db_client, &setup.url, size, 1, setup.knobs))
+        .collect::<Result<Vec<_>>>()?;
+    let (stop, stop_signal) = watch::channel(false);
+    let (ended, mut ended_signal) = tokio::sync::mpsc::unbounded_channel::<usize>();
+    let supervisor = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the signal watcher")?;
 
+    std::thread::scope(|scope| {
+        let mut threads = Vec::with_capacity(workers);
+        for (index, (listener, store)) in listeners.into_iter().zip(stores).enumerate() {
+            let setup = &setup;
+            let mut stop_signal = stop_signal.clone();
+            let ended = ended.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("tokio-core-{index}"))
+                .spawn_scoped(scope, move || -> Result<()> {
+                    let _ended = super::EndNotice(index, ended);
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .context("starting a per-core tokio runtime")?;
+                    runtime.block_on(async move {
+                        let listener = std::net::TcpListener::from(listener);
+                        listener.set_nonblocking(true)?;
+                        let listener = TcpListener::from_std(listener)?;
+                        let store = Arc::new(store);
+                        if index == 0 {
+                            let watched = store.clone();
+                            let redacted = db::redact(&setup.url);
+                            tokio::spawn(
+                                async move { watched.wait_until_reachable(redacted).await },
+                            );
+                        }
+                        let stopped = async move { drop(stop_signal.wait_for(|stop| *stop).await) };
+                        accept_loop(listener, setup, store, stopped).await;
+                        Ok(())
+                    })
+                });
+            match spawned {
+                Ok(thread) => threads.push(thread),
+                Err(error) => {
+                    let _ = stop.send(true);
+                    return Err(anyhow!(error).context("starting a runtime thread"));
+                }
+            }
+        }
+        drop(ended);
+        tracing::info!(
+            "epoll variant serving http://{addr} with {workers} per-core runtimes (one thread and SO_REUSEPORT listener each), database client {:?} (sqlx: up to {} connections, {} per runtime; pipelined: one per runtime), log {:?}",
+            args.db_client,
+            sizes.iter().sum::<usize>(),
+            sizes.iter().map(ToString::to_string).collect::<Vec<_>>().join("/"),
+            args.log
+        );
+        let ended_early = supervisor.block_on(async {
+            tokio::select! {
+                _ = super::shutdown_signal() => None,
+                index = ended_signal.recv() => index,
+            }
+        });
+        let _ = stop.send(true);
+        let mut failure = None;
+        for thread in threads {
+            match thread.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => drop(failure.get_or_insert(error)),
+                Err(_) => drop(failure.get_or_insert_with(|| anyhow!("a runtime thread panicked"))),
+            }
+        }
+        if let Some(error) = failure {
+            return Err(error);
+        }
+        if let Some(index) = ended_early {
+            return Err(anyhow!("runtime tokio-core-{index} stopped unexpectedly"));
+        }
+        Ok(())
+    })
+}
+
+fn http_builder(args: &Args) -> http1::Builder {
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(args.header_timeout())
@@ -87,21 +210,30 @@ async fn serve(args: &Args) -> Result<()> {
         .pipeline_flush(true)
         // The shared date cache sets the header; hyper would format its own.
         .auto_date_header(false);
+    http
+}
 
+/// Accepts connections and spawns a task for each until `stopped` resolves, then asks
+/// the connections to finish and waits for them (at most [`super::SHUTDOWN_GRACE`]).
+async fn accept_loop(
+    listener: TcpListener,
+    setup: &Setup,
+    store: Arc<AsyncDatabase>,
+    stopped: impl Future<Output = ()>,
+) {
     // Every connection task holds a receiver: `send(true)` asks them to finish, and
     // `closed()` resolves when the last one has.
     let (stop_connections, stop_signal) = watch::channel(false);
-    let shutdown = super::shutdown_signal();
-    tokio::pin!(shutdown);
+    tokio::pin!(stopped);
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _peer)) => {
                     // Responses are written whole; Nagle would only delay them (`--nodelay off` shows how).
-                    if args.nodelay() {
+                    if setup.nodelay {
                         let _ = stream.set_nodelay(true);
                     }
-                    tokio::spawn(serve_connection(http.clone(), stream, store.clone(), args.send_timeout(), stop_signal.clone()));
+                    tokio::spawn(serve_connection(setup.http.clone(), stream, store.clone(), setup.send_timeout, stop_signal.clone()));
                 }
                 Err(error) => {
                     // EMFILE and friends: wait a little rather than spin on a full fd table.
@@ -109,7 +241,7 @@ async fn serve(args: &Args) -> Result<()> {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
-            _ = &mut shutdown => break,
+            _ = &mut stopped => break,
         }
     }
     drop(listener);
@@ -122,7 +254,6 @@ async fn serve(args: &Args) -> Result<()> {
             tracing::warn!("gave up on connections still open after {:?}", super::SHUTDOWN_GRACE)
         }
     }
-    Ok(())
 }
 
 /// Serves one connection until it closes, or until shutdown asks it to finish its

@@ -45,7 +45,7 @@
 use std::cell::Cell;
 use std::io;
 use std::marker::PhantomData;
-use std::net::{Shutdown, SocketAddr};
+use std::net::Shutdown;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
 use std::sync::{mpsc, Arc};
@@ -66,7 +66,7 @@ use crate::logging;
 use crate::metrics::METRICS;
 use crate::render::{Fortune, World};
 
-use super::{LISTEN_BACKLOG, SHUTDOWN_GRACE};
+use super::SHUTDOWN_GRACE;
 
 /// Submission queue entries per ring (the completion queue gets twice as many). Operations
 /// beyond it are flushed early, not lost; an overflowing completion queue is kept by the
@@ -97,8 +97,8 @@ pub fn run(args: &Args) -> Result<()> {
     let url = args.database_url();
     let knobs = args.knobs()?;
     let split_writes = args.split_writes()?;
-    let (listeners, addr) = listen(args.listen, runtimes)?;
-    let sizes = split_pool(args.pool_size(), runtimes);
+    let (listeners, addr) = super::reuseport_listeners(args.listen, runtimes)?;
+    let sizes = super::split_pool(args.pool_size(), runtimes);
     let pools = sizes
         .iter()
         // The pipelined client: one shared connection per runtime.
@@ -134,7 +134,7 @@ pub fn run(args: &Args) -> Result<()> {
             .name(format!("uring-{index}"))
             .spawn(move || {
                 // Tells the main thread this runtime is gone, however it ends (a panic too).
-                let _ended = EndNotice(index, ended);
+                let _ended = super::EndNotice(index, ended);
                 let mut builder = tokio_uring::builder();
                 builder.entries(RING_ENTRIES);
                 let mut ring = tokio_uring::uring_builder();
@@ -266,50 +266,6 @@ pub fn run(args: &Args) -> Result<()> {
         return Err(anyhow!("a runtime thread panicked"));
     }
     Ok(())
-}
-
-/// Sends the runtime's index when dropped.
-struct EndNotice(usize, tokio::sync::mpsc::UnboundedSender<usize>);
-
-impl Drop for EndNotice {
-    fn drop(&mut self) {
-        let _ = self.1.send(self.0);
-    }
-}
-
-/// `total` database connections over `runtimes` pools, at least one each.
-fn split_pool(total: usize, runtimes: usize) -> Vec<usize> {
-    (0..runtimes)
-        .map(|i| (total / runtimes + usize::from(i < total % runtimes)).max(1))
-        .collect()
-}
-
-/// One `SO_REUSEPORT` listener per runtime, all on the same address. The first is bound as
-/// asked; the others to the address it got, which matters when the port asked was 0.
-fn listen(addr: SocketAddr, count: usize) -> Result<(Vec<OwnedFd>, SocketAddr)> {
-    let mut listeners = Vec::with_capacity(count);
-    let mut bound = addr;
-    for _ in 0..count {
-        let socket = socket2::Socket::new(
-            socket2::Domain::for_address(bound),
-            socket2::Type::STREAM.cloexec(),
-            Some(socket2::Protocol::TCP),
-        )?;
-        socket.set_reuse_address(true)?;
-        socket.set_reuse_port(true)?;
-        socket
-            .bind(&bound.into())
-            .with_context(|| format!("binding {bound} (is another server running there?)"))?;
-        socket.listen(LISTEN_BACKLOG as i32)?;
-        if listeners.is_empty() {
-            bound = socket
-                .local_addr()?
-                .as_socket()
-                .ok_or_else(|| anyhow!("the listener has no IP address"))?;
-        }
-        listeners.push(OwnedFd::from(socket));
-    }
-    Ok((listeners, bound))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1083,28 +1039,5 @@ impl OneshotOutputTransform for Status {
         cqe: cqueue::Entry,
     ) -> Self::Output {
         result(&cqe)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_pool_is_split_with_at_least_one_connection_per_runtime() {
-        assert_eq!(split_pool(8, 2), vec![4, 4]);
-        assert_eq!(split_pool(5, 2), vec![3, 2]);
-        assert_eq!(split_pool(1, 3), vec![1, 1, 1]);
-    }
-
-    #[test]
-    fn listeners_share_the_port_the_kernel_chose() {
-        let (listeners, addr) = listen("127.0.0.1:0".parse().unwrap(), 3).unwrap();
-        assert_ne!(addr.port(), 0);
-        for listener in listeners {
-            let socket = socket2::Socket::from(listener);
-            let local = socket.local_addr().unwrap().as_socket().unwrap();
-            assert_eq!(local, addr);
-        }
     }
 }

@@ -48,3 +48,76 @@ pub(crate) async fn shutdown_signal() {
         _ = terminate.recv() => tracing::info!("SIGTERM received"),
     }
 }
+
+/// Sends a per-core runtime's index when dropped, so that the main thread learns that a
+/// runtime ended however it ended (a panic too).
+pub(crate) struct EndNotice(pub usize, pub tokio::sync::mpsc::UnboundedSender<usize>);
+
+impl Drop for EndNotice {
+    fn drop(&mut self) {
+        let _ = self.1.send(self.0);
+    }
+}
+
+/// `total` database connections over `runtimes` pools, at least one each.
+pub(crate) fn split_pool(total: usize, runtimes: usize) -> Vec<usize> {
+    (0..runtimes)
+        .map(|i| (total / runtimes + usize::from(i < total % runtimes)).max(1))
+        .collect()
+}
+
+/// One `SO_REUSEPORT` listener per runtime, all on the same address: the kernel spreads
+/// new connections over them, and each runtime accepts only its own. The first is bound
+/// as asked; the others to the address it got, which matters when the port asked was 0.
+pub(crate) fn reuseport_listeners(
+    addr: std::net::SocketAddr,
+    count: usize,
+) -> Result<(Vec<std::os::fd::OwnedFd>, std::net::SocketAddr)> {
+    use anyhow::{anyhow, Context};
+    let mut listeners = Vec::with_capacity(count);
+    let mut bound = addr;
+    for _ in 0..count {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(bound),
+            socket2::Type::STREAM.cloexec(),
+            Some(socket2::Protocol::TCP),
+        )?;
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(true)?;
+        socket
+            .bind(&bound.into())
+            .with_context(|| format!("binding {bound} (is another server running there?)"))?;
+        socket.listen(LISTEN_BACKLOG as i32)?;
+        if listeners.is_empty() {
+            bound = socket
+                .local_addr()?
+                .as_socket()
+                .ok_or_else(|| anyhow!("the listener has no IP address"))?;
+        }
+        listeners.push(std::os::fd::OwnedFd::from(socket));
+    }
+    Ok((listeners, bound))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pool_is_split_with_at_least_one_connection_per_runtime() {
+        assert_eq!(split_pool(8, 2), vec![4, 4]);
+        assert_eq!(split_pool(5, 2), vec![3, 2]);
+        assert_eq!(split_pool(1, 3), vec![1, 1, 1]);
+    }
+
+    #[test]
+    fn listeners_share_the_port_the_kernel_chose() {
+        let (listeners, addr) = reuseport_listeners("127.0.0.1:0".parse().unwrap(), 3).unwrap();
+        assert_ne!(addr.port(), 0);
+        for listener in listeners {
+            let socket = socket2::Socket::from(listener);
+            let local = socket.local_addr().unwrap().as_socket().unwrap();
+            assert_eq!(local, addr);
+        }
+    }
+}

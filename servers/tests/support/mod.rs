@@ -52,11 +52,16 @@ pub fn start(setup: &str) -> ServerProcess {
 }
 
 /// The options for a setup of the test matrix: a variant name, optionally followed by
-/// `+pipelined` for the pipelined database client.
+/// `+per-core` (epoll's `--runtime per-core`) and `+pipelined` (`--db-client pipelined`).
 pub fn launch_options(setup: &str, database_url: &str) -> LaunchOptions {
     let mut options = LaunchOptions::new(variant_name(setup), database_url);
-    if setup.ends_with("+pipelined") {
-        options.extra_args = vec!["--db-client".into(), "pipelined".into()];
+    for part in setup.split('+').skip(1) {
+        let flag: [&str; 2] = match part {
+            "pipelined" => ["--db-client", "pipelined"],
+            "per-core" => ["--runtime", "per-core"],
+            other => panic!("unknown setup part {other:?} in {setup:?}"),
+        };
+        options.extra_args.extend(flag.map(String::from));
     }
     options
 }
