@@ -392,3 +392,35 @@ fn io_uring_ring_ops_are_network_and_syscalls_drop() {
         tracer::render::table(&ring)
     );
 }
+
+/// hyper arms a header-read timer for every request; tokio wakes its I/O driver with a
+/// `write` to an eventfd when a timer is set earlier than the wake-up the driver parked
+/// with. The epoll variant keeps a timer pending so that this costs no syscall per request
+/// (`timer_anchor` in servers/src/io/epoll.rs): both runtime layouts are checked.
+#[test]
+fn epoll_requests_do_not_wake_the_driver_through_its_eventfd() {
+    let _serial = serial();
+    require_root();
+    let setups: [&[&str]; 2] = [&[], &["--runtime", "per-core", "--db-client", "pipelined"]];
+    for extra in setups {
+        let s = server_with("epoll", "off", extra);
+        http_load(s.port, "/db", 4, 100);
+        let pid = s.child.0.id() as i32;
+        let session = start(Target::Pid(pid), ebpf(pid)).unwrap();
+        let n = 4000;
+        http_load(s.port, "/db", 32, n / 32);
+        std::thread::sleep(Duration::from_millis(200));
+        let mut p = session.stop().unwrap();
+        p.per_request(n as u64);
+        let writes = p
+            .call(Kind::Syscall, "write", Category::EventLoop)
+            .map_or(0, |r| r.stats.count) as f64
+            / n as f64;
+        println!("epoll {extra:?}: /db x{n}: {writes:.3} eventfd writes per request");
+        assert!(
+            writes < 0.02,
+            "epoll {extra:?}: {writes:.3} event-loop writes (driver wake-ups) per request\n{}",
+            tracer::render::table(&p)
+        );
+    }
+}
