@@ -130,3 +130,8 @@ fn exercise_13_registered_buffers() {
 fn exercise_14_strace() {
     check(14);
 }
+
+#[test]
+fn exercise_15_runtime_per_core() {
+    check(15);
+}
