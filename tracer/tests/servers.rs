@@ -332,16 +332,20 @@ fn logging_modes_show_in_logging_writes() {
     );
 }
 
-fn plaintext_profile(variant: &str, n: usize) -> Profile {
-    let s = server(variant, "off");
-    http_load(s.port, "/plaintext", 4, 100);
+/// `n` requests for `path` over 32 connections (after a short warm-up), traced with eBPF.
+fn traced_load(s: &Server, path: &str, n: usize) -> Profile {
+    http_load(s.port, path, 4, 100);
     let pid = s.child.0.id() as i32;
     let session = start(Target::Pid(pid), ebpf(pid)).unwrap();
-    http_load(s.port, "/plaintext", 32, n / 32);
+    http_load(s.port, path, 32, n / 32);
     std::thread::sleep(Duration::from_millis(200));
     let mut p = session.stop().unwrap();
     p.per_request(n as u64);
     p
+}
+
+fn plaintext_profile(variant: &str, n: usize) -> Profile {
+    traced_load(&server(variant, "off"), "/plaintext", n)
 }
 
 #[test]
@@ -403,15 +407,8 @@ fn epoll_requests_do_not_wake_the_driver_through_its_eventfd() {
     require_root();
     let setups: [&[&str]; 2] = [&[], &["--runtime", "per-core", "--db-client", "pipelined"]];
     for extra in setups {
-        let s = server_with("epoll", "off", extra);
-        http_load(s.port, "/db", 4, 100);
-        let pid = s.child.0.id() as i32;
-        let session = start(Target::Pid(pid), ebpf(pid)).unwrap();
         let n = 4000;
-        http_load(s.port, "/db", 32, n / 32);
-        std::thread::sleep(Duration::from_millis(200));
-        let mut p = session.stop().unwrap();
-        p.per_request(n as u64);
+        let p = traced_load(&server_with("epoll", "off", extra), "/db", n);
         let writes = p
             .call(Kind::Syscall, "write", Category::EventLoop)
             .map_or(0, |r| r.stats.count) as f64

@@ -62,7 +62,6 @@ pub fn run(args: &Args) -> Result<()> {
 }
 
 /// What every accept loop needs, whatever the runtime layout.
-#[derive(Clone)]
 struct Setup {
     url: String,
     knobs: crate::database::Knobs,
@@ -88,9 +87,6 @@ fn run_shared(args: &Args, setup: Setup) -> Result<()> {
         setup.knobs,
     )?);
     runtime.block_on(async {
-        let watched = store.clone();
-        let redacted = db::redact(&setup.url);
-        tokio::spawn(async move { watched.wait_until_reachable(redacted).await });
         let listener = listen(args.listen)?;
         tracing::info!(
             "epoll variant serving http://{} with {} worker threads (one shared runtime), database client {:?} (up to {} pooled connections for sqlx, one shared per worker for pipelined), log {:?}",
@@ -100,7 +96,7 @@ fn run_shared(args: &Args, setup: Setup) -> Result<()> {
             args.pool_size(),
             args.log
         );
-        accept_loop(listener, &setup, store, super::shutdown_signal()).await;
+        accept_loop(listener, &setup, store, true, super::shutdown_signal()).await;
         Ok(())
     })
 }
@@ -117,11 +113,7 @@ fn run_per_core(args: &Args, setup: Setup) -> Result<()> {
         .map(|&size| AsyncDatabase::new(args.db_client, &setup.url, size, 1, setup.knobs))
         .collect::<Result<Vec<_>>>()?;
     let (stop, stop_signal) = watch::channel(false);
-    let (ended, mut ended_signal) = tokio::sync::mpsc::unbounded_channel::<usize>();
-    let supervisor = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the signal watcher")?;
+    let (ended, ended_signal) = tokio::sync::mpsc::unbounded_channel::<usize>();
 
     std::thread::scope(|scope| {
         let mut threads = Vec::with_capacity(workers);
@@ -141,16 +133,9 @@ fn run_per_core(args: &Args, setup: Setup) -> Result<()> {
                         let listener = std::net::TcpListener::from(listener);
                         listener.set_nonblocking(true)?;
                         let listener = TcpListener::from_std(listener)?;
-                        let store = Arc::new(store);
-                        if index == 0 {
-                            let watched = store.clone();
-                            let redacted = db::redact(&setup.url);
-                            tokio::spawn(
-                                async move { watched.wait_until_reachable(redacted).await },
-                            );
-                        }
                         let stopped = async move { drop(stop_signal.wait_for(|stop| *stop).await) };
-                        accept_loop(listener, setup, store, stopped).await;
+                        // One runtime reports whether the database answers, not all of them.
+                        accept_loop(listener, setup, Arc::new(store), index == 0, stopped).await;
                         Ok(())
                     })
                 });
@@ -164,18 +149,13 @@ fn run_per_core(args: &Args, setup: Setup) -> Result<()> {
         }
         drop(ended);
         tracing::info!(
-            "epoll variant serving http://{addr} with {workers} per-core runtimes (one thread and SO_REUSEPORT listener each), database client {:?} (sqlx: up to {} connections, {} per runtime; pipelined: one per runtime), log {:?}",
+            "epoll variant serving http://{addr} with {workers} per-core runtimes (one thread and SO_REUSEPORT listener each), database client {:?} ({}; pipelined: one per runtime), log {:?}",
             args.db_client,
-            sizes.iter().sum::<usize>(),
-            sizes.iter().map(ToString::to_string).collect::<Vec<_>>().join("/"),
+            super::describe_split(&sizes),
             args.log
         );
-        let ended_early = supervisor.block_on(async {
-            tokio::select! {
-                _ = super::shutdown_signal() => None,
-                index = ended_signal.recv() => index,
-            }
-        });
+        // Stop the runtimes whatever happened here: the scope waits for their threads.
+        let ended_early = super::wait_for_stop(ended_signal);
         let _ = stop.send(true);
         let mut failure = None;
         for thread in threads {
@@ -188,7 +168,7 @@ fn run_per_core(args: &Args, setup: Setup) -> Result<()> {
         if let Some(error) = failure {
             return Err(error);
         }
-        if let Some(index) = ended_early {
+        if let Some(index) = ended_early? {
             return Err(anyhow!("runtime tokio-core-{index} stopped unexpectedly"));
         }
         Ok(())
@@ -231,12 +211,19 @@ fn http_builder(args: &Args) -> http1::Builder {
 
 /// Accepts connections and spawns a task for each until `stopped` resolves, then asks
 /// the connections to finish and waits for them (at most [`super::SHUTDOWN_GRACE`]).
+/// `watch_database`: also log when the database first answers (one loop per server does).
 async fn accept_loop(
     listener: TcpListener,
     setup: &Setup,
     store: Arc<AsyncDatabase>,
+    watch_database: bool,
     stopped: impl Future<Output = ()>,
 ) {
+    if watch_database {
+        let watched = store.clone();
+        let redacted = db::redact(&setup.url);
+        tokio::spawn(async move { watched.wait_until_reachable(redacted).await });
+    }
     // Every connection task holds a receiver: `send(true)` asks them to finish, and
     // `closed()` resolves when the last one has.
     let (stop_connections, stop_signal) = watch::channel(false);

@@ -107,7 +107,7 @@ pub fn run(args: &Args) -> Result<()> {
     let all_pools: Arc<[Arc<AsyncDatabase>]> = pools.clone().into();
 
     let (stop, stop_signal) = watch::channel(false);
-    let (ended, mut ended_signal) = tokio::sync::mpsc::unbounded_channel::<usize>();
+    let (ended, ended_signal) = tokio::sync::mpsc::unbounded_channel::<usize>();
     let (ready, ready_signal) = mpsc::channel::<(usize, io::Result<()>)>();
     let mut threads = Vec::with_capacity(runtimes);
     let mut go = Vec::with_capacity(runtimes);
@@ -223,27 +223,16 @@ pub fn run(args: &Args) -> Result<()> {
     }
 
     tracing::info!(
-        "io-uring variant serving http://{addr} with {runtimes} runtimes (one thread, io_uring and SO_REUSEPORT listener each), database client {:?} (sqlx: up to {} connections, {} per runtime; pipelined: one shared per runtime), log {:?}",
+        "io-uring variant serving http://{addr} with {runtimes} runtimes (one thread, io_uring and SO_REUSEPORT listener each), database client {:?} ({}; pipelined: one shared per runtime), log {:?}",
         args.db_client,
-        sizes.iter().sum::<usize>(),
-        sizes.iter().map(ToString::to_string).collect::<Vec<_>>().join("/"),
+        super::describe_split(&sizes),
         args.log
     );
     for sender in &go {
         let _ = sender.send(true);
     }
 
-    // The main thread waits for a signal, or for a runtime that ended by itself.
-    let supervisor = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the signal watcher")?;
-    let ended_early = supervisor.block_on(async {
-        tokio::select! {
-            _ = super::shutdown_signal() => None,
-            index = ended_signal.recv() => index,
-        }
-    });
+    let ended_early = super::wait_for_stop(ended_signal);
     tracing::info!("shutting down: finishing in-flight requests");
     let _ = stop.send(true);
     let mut all_closed = true;
@@ -259,7 +248,7 @@ pub fn run(args: &Args) -> Result<()> {
     } else {
         tracing::warn!("gave up on connections still open after {SHUTDOWN_GRACE:?}");
     }
-    if let Some(index) = ended_early {
+    if let Some(index) = ended_early? {
         return Err(anyhow!("runtime uring-{index} stopped unexpectedly"));
     }
     if panicked {

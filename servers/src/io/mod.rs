@@ -59,6 +59,34 @@ impl Drop for EndNotice {
     }
 }
 
+/// The main thread of a one-runtime-per-core layout: waits for SIGINT or SIGTERM (`None`),
+/// or for a runtime that ended by itself (its index, sent by its [`EndNotice`]).
+pub(crate) fn wait_for_stop(
+    mut ended: tokio::sync::mpsc::UnboundedReceiver<usize>,
+) -> Result<Option<usize>> {
+    use anyhow::Context;
+    let supervisor = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the signal watcher")?;
+    Ok(supervisor.block_on(async {
+        tokio::select! {
+            _ = shutdown_signal() => None,
+            index = ended.recv() => index,
+        }
+    }))
+}
+
+/// The database connections of the runtimes' pools, for the start-up log line.
+pub(crate) fn describe_split(sizes: &[usize]) -> String {
+    let each: Vec<String> = sizes.iter().map(ToString::to_string).collect();
+    format!(
+        "sqlx: up to {} connections, {} per runtime",
+        sizes.iter().sum::<usize>(),
+        each.join("/")
+    )
+}
+
 /// `total` database connections over `runtimes` pools, at least one each.
 pub(crate) fn split_pool(total: usize, runtimes: usize) -> Vec<usize> {
     (0..runtimes)
