@@ -99,6 +99,11 @@ struct file {
 	struct inode *f_inode;
 } __attribute__((preserve_access_index));
 
+/* Only for its first member: a struct file * at offset 0 (see fd_file). */
+struct kiocb {
+	struct file *ki_filp;
+} __attribute__((preserve_access_index));
+
 struct fdtable {
 	unsigned int max_fds;
 	struct file **fd;

@@ -59,7 +59,7 @@ char LICENSE[] SEC("license") = "GPL";
 #define HIST_BUCKETS 32
 #define DB_PATH_MAX 108
 #define AGG_SLOTS 2048 /* distinct (thread name, call, category) rows */
-#define SLOT_CACHE 16  /* per-thread cache of recently used rows */
+#define SLOT_CACHE 32  /* per-CPU cache of recently used rows */
 #define MAX_LISTEN 16
 
 const volatile u32 targ_tgid = 0;
@@ -96,28 +96,39 @@ struct agg_val {
 	u64 hist[HIST_BUCKETS];
 };
 
-/* One entry of a thread's row cache: call nr and category -> agg_arr slot. */
+/* One entry of a CPU's row cache: thread name, call nr and category -> agg_arr slot. */
 struct slot_ref {
+	u64 comm[2];
 	u16 nr;
 	u8 cat;
 	u8 valid;
 	u32 slot;
 };
 
-struct task_state {
+struct row_cache {
+	struct slot_ref e[SLOT_CACHE];
+};
+
+/* A syscall in progress: entered, not yet returned. */
+struct call_state {
+	u64 task; /* the caller's struct task_struct *; 0: no call */
 	u64 enter_ts;
-	u64 off_ts;
-	u64 wake_ts;
 	u64 blocked_ns;
 	u64 runq_ns;
 	u32 nr;
 	u32 flags;
+	s32 fd; /* arg0 of an fd call, classified at exit */
 	u8 cat;
-	u8 in_sys;
+	u8 pad[3];
+};
+
+/* Per thread: its call while it is off its CPU, and its off-CPU interval. */
+struct task_state {
+	struct call_state call;
+	u64 off_ts;
+	u64 wake_ts;
 	u8 preempted;
-	u8 pad;
-	u64 comm[2]; /* the thread name the cache below was filled for */
-	struct slot_ref cache[SLOT_CACHE];
+	u8 pad[7];
 };
 
 struct ring_state {
@@ -139,8 +150,8 @@ struct epoll_cover {
 };
 
 /* The aggregates: rows are allocated once per (thread name, call, category, kind) in
- * agg_slots and counted per CPU in agg_arr. A thread finds its rows through the small
- * cache in its task storage, so the common case costs no hash lookup at all (a hash
+ * agg_slots and counted per CPU in agg_arr. A call finds its row through the small
+ * per-CPU cache cpu_rows, so the common case costs no hash lookup at all (a hash
  * lookup with this 20-byte key costs about 50 ns, a quarter of the per-syscall budget). */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -212,6 +223,24 @@ struct {
 	__type(key, u64); /* struct io_kiocb * */
 	__type(value, struct ring_state);
 } ring_reqs SEC(".maps");
+
+/* The call in progress on each CPU, as long as its thread stays on the CPU (most calls
+ * return without leaving it): entry and exit then cost two array lookups instead of two
+ * task-storage lookups. sched_switch moves the call to the thread's task storage when
+ * the thread leaves the CPU inside it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, u32);
+	__type(value, struct call_state);
+} cpu_call SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, u32);
+	__type(value, struct row_cache);
+} cpu_rows SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
@@ -288,25 +317,25 @@ static __always_inline struct agg_val *agg_entry(struct agg_key *key)
 	return agg_at(agg_slot(key));
 }
 
-/* agg_entry through the thread's row cache (key.comm is the thread's name). */
-static __always_inline struct agg_val *agg_entry_cached(struct task_state *st,
-							struct agg_key *key)
+/* agg_entry through this CPU's row cache. */
+static __always_inline struct agg_val *agg_entry_cached(struct agg_key *key)
 {
+	u32 zero = 0;
+	struct row_cache *rc = bpf_map_lookup_elem(&cpu_rows, &zero);
+	if (!rc)
+		return agg_entry(key);
 	u64 c0 = 0, c1 = 0;
 	__builtin_memcpy(&c0, key->comm, 8);
 	__builtin_memcpy(&c1, key->comm + 8, 8);
-	if (c0 != st->comm[0] || c1 != st->comm[1]) { /* new thread, or renamed */
-		st->comm[0] = c0;
-		st->comm[1] = c1;
-		for (int i = 0; i < SLOT_CACHE; i++)
-			st->cache[i].valid = 0;
-	}
-	u32 i = (key->nr ^ ((u32)key->cat << 3)) & (SLOT_CACHE - 1);
-	struct slot_ref *r = &st->cache[i];
-	if (r->valid && r->nr == key->nr && r->cat == key->cat)
+	u32 i = (key->nr ^ ((u32)key->cat << 3) ^ (u32)(c0 >> 40)) & (SLOT_CACHE - 1);
+	struct slot_ref *r = &rc->e[i];
+	if (r->valid && r->nr == key->nr && r->cat == key->cat && r->comm[0] == c0 &&
+	    r->comm[1] == c1)
 		return agg_at(r->slot);
 	s64 slot = agg_slot(key);
 	if (slot >= 0) {
+		r->comm[0] = c0;
+		r->comm[1] = c1;
 		r->nr = key->nr;
 		r->cat = key->cat;
 		r->slot = slot;
@@ -436,11 +465,11 @@ static __always_inline struct file *fd_file(struct task_struct *task, int fd)
 	struct fdtable *fdt = task->files->fdt;
 	if ((unsigned int)fd >= fdt->max_fds)
 		return 0;
-	/* fd is a pointer to pointers, a plain number to the verifier: one helper read. */
-	struct file **fds = fdt->fd;
-	struct file *f = 0;
-	bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]);
-	return f;
+	/* The verifier allows no variable index into a BTF-typed array, so take the slot's
+	 * address as a number and cast it to a kernel struct that starts with a struct file *
+	 * (struct kiocb: ki_filp): one fault-safe load instead of a helper call. */
+	u64 slot = (u64)fdt->fd + (u64)(unsigned int)fd * sizeof(struct file *);
+	return bpf_core_cast((void *)slot, struct kiocb)->ki_filp;
 }
 
 static __always_inline bool is_unix_socket(struct file *f)
@@ -604,6 +633,9 @@ int BPF_PROG(sys_enter, struct pt_regs *regs, long id)
 			if (c != CAT_NONE)
 				cat = c;
 		}
+	} else if ((cls & SC_FD0) && !(cls & (SC_CLOSE | SC_CONNECT | SC_LISTEN))) {
+		/* The fd outlives the call: classify it at exit, where the call has just
+		 * brought its file and socket into this CPU's cache (here they cost misses). */
 	} else if (cls & SC_FD0) {
 		u8 c;
 		if (cls & SC_CONNECT)
@@ -644,17 +676,18 @@ int BPF_PROG(sys_enter, struct pt_regs *regs, long id)
 		return 0;
 	}
 
-	struct task_state *st =
-		bpf_task_storage_get(&tstate, task, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
-	if (!st)
+	u32 zero = 0;
+	struct call_state *c = bpf_map_lookup_elem(&cpu_call, &zero);
+	if (!c)
 		return 0;
-	st->enter_ts = bpf_ktime_get_ns();
-	st->nr = nr;
-	st->flags = cls;
-	st->cat = cat;
-	st->in_sys = 1;
-	st->blocked_ns = 0;
-	st->runq_ns = 0;
+	c->enter_ts = bpf_ktime_get_ns();
+	c->fd = (int)a0;
+	c->nr = nr;
+	c->flags = cls;
+	c->cat = cat;
+	c->blocked_ns = 0;
+	c->runq_ns = 0;
+	c->task = (u64)task; /* last: the record is whole once it names its thread */
 	return 0;
 }
 
@@ -664,12 +697,25 @@ int BPF_PROG(sys_exit, struct pt_regs *regs, long ret)
 	if (!is_target())
 		return 0;
 	struct task_struct *task = bpf_get_current_task_btf();
-	struct task_state *st = bpf_task_storage_get(&tstate, task, 0, 0);
-	if (!st || !st->in_sys)
+	u32 zero = 0;
+	struct call_state *st = bpf_map_lookup_elem(&cpu_call, &zero);
+	if (!st)
 		return 0;
-	st->in_sys = 0;
+	if (st->task != (u64)task) { /* the thread left its CPU during the call */
+		struct task_state *ts = bpf_task_storage_get(&tstate, task, 0, 0);
+		if (!ts || ts->call.task != (u64)task)
+			return 0;
+		st = &ts->call;
+	}
+	st->task = 0;
 	u64 dur = bpf_ktime_get_ns() - st->enter_ts;
 	u8 cat = st->cat;
+	u32 fl = st->flags;
+	if ((fl & SC_FD0) && !(fl & (SC_CLOSE | SC_CONNECT | SC_LISTEN))) {
+		u8 c = classify_fd(task, st->fd);
+		if (c != CAT_NONE)
+			cat = c;
+	}
 	if ((st->flags & SC_RET_FD) && ret >= 0) {
 		u8 c = classify_fd(task, (int)ret);
 		if (c != CAT_NONE)
@@ -686,7 +732,7 @@ int BPF_PROG(sys_exit, struct pt_regs *regs, long ret)
 	key.nr = st->nr;
 	key.cat = cat;
 	key.kind = KIND_SYSCALL;
-	struct agg_val *v = agg_entry_cached(st, &key);
+	struct agg_val *v = agg_entry_cached(&key);
 	if (!v)
 		return 0;
 	account(v, ret, dur, st->flags & SC_BYTES);
@@ -706,6 +752,12 @@ int BPF_PROG(sched_switch, bool preempt, struct task_struct *prev, struct task_s
 	if (prev->tgid == targ_tgid) {
 		struct task_state *st = bpf_task_storage_get(&tstate, prev, 0,
 							     BPF_LOCAL_STORAGE_GET_F_CREATE);
+		u32 zero = 0;
+		struct call_state *c = bpf_map_lookup_elem(&cpu_call, &zero);
+		if (st && c && c->task == (u64)prev) { /* leaving inside a call: take it along */
+			st->call = *c;
+			c->task = 0;
+		}
 		if (st) {
 			now = bpf_ktime_get_ns();
 			st->off_ts = now;
@@ -729,9 +781,9 @@ int BPF_PROG(sched_switch, bool preempt, struct task_struct *prev, struct task_s
 			blocked = now - st->off_ts;
 		}
 		st->off_ts = 0;
-		if (st->in_sys) {
-			st->blocked_ns += blocked;
-			st->runq_ns += runq;
+		if (st->call.task) {
+			st->call.blocked_ns += blocked;
+			st->call.runq_ns += runq;
 		} else {
 			struct agg_key key = {};
 			__builtin_memcpy(key.comm, next->comm, sizeof(key.comm));
