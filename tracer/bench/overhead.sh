@@ -16,6 +16,7 @@
 #      PORT (default 18181), SPAWN=0 to skip part 2 (spawn mode, ptrace backend against strace),
 #      LAB_TRACE_B=PATH: a second lab-trace build, measured as mode ebpf-b in every round
 #      right after the first (an A/B comparison of a tracer change within one run),
+#      SCALE=0: skip the bpftrace and strace measurements (quicker A/B runs of the tracer),
 #      GEN=loadgen: the lab's own load generator ($BIN/loadgen, same flags and summary)
 #      instead of wrk. The generator matters: the hook slows *its* syscalls too, and wrk
 #      makes about four per request (read, write, and two epoll_ctl to switch between
@@ -76,6 +77,7 @@ for r in $(seq "$ROUNDS"); do
     add ebpf-b "$(load $SP)"; kill -INT $T; wait $T
   fi
   add untraced "$(load $SP)"
+  [[ ${SCALE:-1} == 0 ]] && continue
   taskset -c "$LCPU" bpftrace -q -e "tracepoint:raw_syscalls:sys_enter /pid == $SP/ { @[args->id] = count(); }" >/dev/null 2>&1 & T=$!; sleep 3
   add bpftrace "$(load $SP)"; kill -INT $T; wait $T || true
   taskset -c "$LCPU" strace -f -c -o /tmp/overhead-strace.txt -p $SP 2>/dev/null & T=$!; sleep 1
@@ -109,7 +111,8 @@ median() { tr ' ' '\n' | awk '$1 != "" && $1 != "-"' | sort -n | awk '{a[NR]=$1}
 echo
 printf "%-16s %12s %9s %16s %13s\n" mode "median req/s" "vs base" "server us/req" "$GEN us/req"
 B=$(echo "${R[untraced]}" | median); SB=$(echo "${R[spawn-untraced]:-}" | median)
-MODES=(untraced ebpf ${LAB_TRACE_B:+ebpf-b} bpftrace strace)
+MODES=(untraced ebpf ${LAB_TRACE_B:+ebpf-b})
+[[ ${SCALE:-1} == 0 ]] || MODES+=(bpftrace strace)
 [[ ${SPAWN:-1} == 0 ]] || MODES+=(spawn-untraced spawn-ptrace spawn-strace)
 for m in "${MODES[@]}"; do
   v=$(echo "${R[$m]}" | median); base=$B; [[ $m == spawn-* ]] && base=$SB
@@ -130,5 +133,11 @@ paired() { # mode
 }
 echo
 paired ebpf
-[[ -n ${LAB_TRACE_B:-} ]] && paired ebpf-b
-paired bpftrace
+if [[ -n ${LAB_TRACE_B:-} ]]; then
+  paired ebpf-b
+  # The two builds side by side: each round's ebpf rate over the ebpf-b rate right after it.
+  a=(${R[ebpf]}) b=(${R[ebpf-b]}) ab=()
+  for i in "${!a[@]}"; do ab+=("$(echo "${a[$i]} / ${b[$i]}" | bc -l)"); done
+  printf "%-16s per round: %s; median %.3f\n" "ebpf / ebpf-b" "$(printf '%.3f ' "${ab[@]}")" "$(echo "${ab[@]}" | median)"
+fi
+[[ ${SCALE:-1} == 0 ]] || paired bpftrace

@@ -152,6 +152,16 @@ impl Context {
                 }
             }
         }
+        changed |= self.refresh_log_files(pid);
+        changed
+    }
+
+    /// `refresh` without the listening ports, which cost a parse of the whole
+    /// /proc/PID/net/tcp{,6} (every socket of the namespace, TIME_WAIT ones included: on a
+    /// load-test machine megabytes, ~1% of a CPU if read every second). The eBPF backend sees
+    /// listen() itself, so it needs them rarely.
+    pub fn refresh_log_files(&mut self, pid: i32) -> bool {
+        let mut changed = false;
         if !self.logs_fixed {
             for p in procfs::files_open_for_writing(pid) {
                 if !self.log_files.iter().any(|l| l.path == p) {

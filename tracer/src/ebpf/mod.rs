@@ -138,6 +138,7 @@ pub(crate) fn run(
     };
     let mut exited = false;
     let mut last_refresh = Instant::now();
+    let mut last_listen_refresh = Instant::now();
     loop {
         match cmds.recv_timeout(Duration::from_millis(100)) {
             Ok(Cmd::Snapshot(tx)) => {
@@ -163,7 +164,16 @@ pub(crate) fn run(
                 ));
             } else if last_refresh.elapsed() > Duration::from_secs(1) {
                 last_refresh = Instant::now();
-                if ctx.refresh(pid) {
+                // listen() is seen in the kernel (add_listen_port), so the costly scan of
+                // the listening sockets only catches those that arrive without one (passed
+                // over a Unix socket, or listened on by an io_uring op): every 10 s.
+                let changed = if last_listen_refresh.elapsed() > Duration::from_secs(10) {
+                    last_listen_refresh = Instant::now();
+                    ctx.refresh(pid)
+                } else {
+                    ctx.refresh_log_files(pid)
+                };
+                if changed {
                     sync_maps(&mut skel, &ctx)?;
                 }
             } else if ctx.refresh_log_ids() {
