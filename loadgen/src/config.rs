@@ -47,7 +47,19 @@ pub struct Config {
     pub headers: Vec<String>,
     /// Write an HdrHistogram interval log (one interval per second) to this file.
     pub hdr_log: Option<PathBuf>,
+    /// Closed loop with at least [`NAP_MIN_IN_FLIGHT`] requests in flight on a thread: when
+    /// nothing is ready to read, sleep this many seconds on a timer instead of waiting to be
+    /// woken by the next response (0: never). See docs/loadgen.md, "Naps".
+    #[serde(default)]
+    pub nap_s: f64,
 }
+
+/// Requests in flight on a worker thread from which it naps (see [`Config::nap_s`]): enough
+/// that a nap of at most [`MAX_NAP_S`] cannot leave the server without queued work.
+pub const NAP_MIN_IN_FLIGHT: u64 = 64;
+
+/// Longest nap accepted.
+pub const MAX_NAP_S: f64 = 0.001;
 
 /// Spacing of open-loop arrivals.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
@@ -120,6 +132,7 @@ impl Config {
             expect_status: Vec::new(),
             headers: Vec::new(),
             hdr_log: None,
+            nap_s: 50e-6,
         }
     }
 }
@@ -233,6 +246,8 @@ pub(crate) struct Plan {
     pub rate: Option<f64>,
     pub arrivals: Arrivals,
     pub expect_status: Vec<u16>,
+    /// Nap length in nanoseconds; 0 in the open loop, which never naps.
+    pub nap_ns: u64,
 }
 
 /// Highest offered rate accepted (requests per second).
@@ -281,6 +296,9 @@ impl Config {
             return input("warm-up must be zero or more seconds");
         }
         positive("timeout", self.timeout_s)?;
+        if !(self.nap_s.is_finite() && (0.0..=MAX_NAP_S).contains(&self.nap_s)) {
+            return input("nap (--nap) must be between 0 and 1ms");
+        }
         if let Some(r) = self.rate {
             positive("rate (--rate)", r)?;
             if r > MAX_RATE {
@@ -396,6 +414,11 @@ impl Config {
             rate: self.rate,
             arrivals: self.arrivals,
             expect_status: self.expect_status.clone(),
+            nap_ns: if self.rate.is_some() {
+                0
+            } else {
+                (self.nap_s * 1e9) as u64
+            },
         })
     }
 }

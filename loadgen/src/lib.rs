@@ -35,7 +35,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use hdrhistogram::serialization::interval_log::{IntervalLogWriterBuilder, Tag};
 use hdrhistogram::serialization::V2DeflateSerializer;
 
-pub use config::{Arrivals, Config, Error, SweepConfig};
+pub use config::{Arrivals, Config, Error, SweepConfig, MAX_NAP_S, NAP_MIN_IN_FLIGHT};
 pub use mix::MixEntry;
 pub use report::{Latency, Report, Second, SweepReport, SweepStep, TargetReport, SCHEMA};
 pub use stats::Errors;

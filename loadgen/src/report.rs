@@ -137,6 +137,10 @@ pub struct Report {
     pub connects: u64,
     /// Keep-alive connections re-established after the server closed or broke them.
     pub reconnects: u64,
+    /// Closed loop: times a thread napped instead of waiting to be woken by a response
+    /// (config.nap_s each at most; responses that arrived meanwhile are timed that late).
+    #[serde(default)]
+    pub naps: u64,
     /// Open loop: requests that fell due but were never sent (the connections could not
     /// keep up); not in the latency histograms.
     pub backlog: u64,
@@ -219,6 +223,7 @@ impl Report {
             bytes_received: s.bytes_received,
             connects: s.connects,
             reconnects: s.reconnects,
+            naps: s.naps,
             backlog: s.backlog,
             unfinished: s.unfinished,
             latency: Latency::of(&m.latency),
@@ -340,6 +345,15 @@ impl Report {
                 o,
                 "  Connects: {}, reconnects: {}",
                 self.connects, self.reconnects
+            );
+        }
+        if self.naps > 0 {
+            let _ = writeln!(
+                o,
+                "  Naps: {} of {:.0}us (nothing to read with {}+ requests in flight; --nap 0 turns them off)",
+                self.naps,
+                c.nap_s * 1e6,
+                crate::config::NAP_MIN_IN_FLIGHT
             );
         }
         if self.backlog > 0 {

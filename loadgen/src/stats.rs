@@ -128,6 +128,8 @@ pub struct Stats {
     pub bytes_received: u64,
     pub connects: u64,
     pub reconnects: u64,
+    /// Closed loop: naps taken instead of waiting to be woken (see `Config::nap_s`).
+    pub naps: u64,
     /// Open loop: requests that fell due during the measurement but were never sent.
     pub backlog: u64,
     /// Requests still without an answer when the run was interrupted.
@@ -162,6 +164,7 @@ impl Stats {
             bytes_received: 0,
             connects: 0,
             reconnects: 0,
+            naps: 0,
             backlog: 0,
             unfinished: 0,
             iv: Interval::new(0, open),
@@ -255,6 +258,7 @@ impl Stats {
         self.bytes_received += o.bytes_received;
         self.connects += o.connects;
         self.reconnects += o.reconnects;
+        self.naps += o.naps;
         self.backlog += o.backlog;
         self.unfinished += o.unfinished;
     }

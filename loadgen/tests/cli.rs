@@ -53,6 +53,8 @@ fn bad_input_exits_2_before_any_load() {
         (vec!["--rate", "0", &url], "rate"),
         (vec!["--rate", "-5", &url], "rate"),
         (vec!["--timeout", "0s", &url], "timeout"),
+        (vec!["--nap", "5ms", &url], "nap"),
+        (vec!["--nap", "-1us", &url], "invalid duration"),
         (vec!["--mix", &bad_mix, &url], "line 2"),
         (
             vec!["--mix", "/nonexistent/file.mix", &url],
@@ -107,6 +109,7 @@ fn help_explains_every_flag() {
         "--expect-status",
         "--json",
         "--hdr-log",
+        "--nap",
         "--latency",
     ] {
         assert!(out.contains(flag), "--help lacks {flag}");

@@ -53,6 +53,45 @@ fn pipelined_16_deep_every_response_matched() {
 }
 
 #[test]
+fn naps_only_in_a_deep_closed_loop() {
+    // 8 connections x 16 deep = 128 requests in flight on one thread: whenever the server
+    // has not answered yet, the generator naps instead of waiting to be woken.
+    let server = ok_server();
+    let mut c = config(server.url("/"));
+    c.pipeline = 16;
+    c.connections = 8;
+    c.duration_s = 1.0;
+    let r = run(&c);
+    assert!(
+        r.naps > 0,
+        "a deep closed loop naps: {} requests, 0 naps",
+        r.requests
+    );
+    assert_eq!(r.errors_total, 0, "{:?}", r.errors);
+    assert_eq!(r.requests, server.requests.load(Ordering::SeqCst));
+    assert!(r.summary().contains("Naps:"), "{}", r.summary());
+
+    let mut off = c.clone();
+    off.nap_s = 0.0;
+    assert_eq!(run(&off).naps, 0, "--nap 0 turns naps off");
+
+    let mut shallow = c.clone();
+    shallow.pipeline = 1;
+    shallow.connections = 2;
+    assert_eq!(
+        run(&shallow).naps,
+        0,
+        "2 requests in flight: a nap could idle the server"
+    );
+
+    let mut open = c.clone();
+    open.rate = Some(2000.0);
+    let r = run(&open);
+    assert!(r.requests > 1000);
+    assert_eq!(r.naps, 0, "the open loop sends on its schedule, never naps");
+}
+
+#[test]
 fn report_count_equals_server_count() {
     let server = ok_server();
     let mut c = config(server.url("/x"));
