@@ -350,7 +350,7 @@ impl Report {
         if self.naps > 0 {
             let _ = writeln!(
                 o,
-                "  Naps: {} of {:.0}us (nothing to read with {}+ requests in flight; --nap 0 turns them off)",
+                "  Naps: {} of {:.0}us (nothing to read, {}+ in flight; --nap 0 turns them off)",
                 self.naps,
                 c.nap_s * 1e6,
                 crate::config::NAP_MIN_IN_FLIGHT
