@@ -707,21 +707,24 @@ int BPF_PROG(sys_exit, struct pt_regs *regs, long ret)
 			return 0;
 		st = &ts->call;
 	}
+	/* Copy the call out before releasing its slot: these programs run preemptible
+	 * (migration disabled only), and another thread's entry on this CPU may reuse it. */
+	struct call_state call = *st;
 	st->task = 0;
-	u64 dur = bpf_ktime_get_ns() - st->enter_ts;
-	u8 cat = st->cat;
-	u32 fl = st->flags;
+	u64 dur = bpf_ktime_get_ns() - call.enter_ts;
+	u8 cat = call.cat;
+	u32 fl = call.flags;
 	if ((fl & SC_FD0) && !(fl & (SC_CLOSE | SC_CONNECT | SC_LISTEN))) {
-		u8 c = classify_fd(task, st->fd);
+		u8 c = classify_fd(task, call.fd);
 		if (c != CAT_NONE)
 			cat = c;
 	}
-	if ((st->flags & SC_RET_FD) && ret >= 0) {
+	if ((fl & SC_RET_FD) && ret >= 0) {
 		u8 c = classify_fd(task, (int)ret);
 		if (c != CAT_NONE)
 			cat = c;
 	}
-	if ((st->flags & SC_EPOLL_NEW) && ret >= 0) {
+	if ((fl & SC_EPOLL_NEW) && ret >= 0) {
 		u64 key = (u64)fd_file(task, (int)ret);
 		struct epoll_cover zero = {};
 		if (key)
@@ -729,15 +732,15 @@ int BPF_PROG(sys_exit, struct pt_regs *regs, long ret)
 	}
 	struct agg_key key = {};
 	__builtin_memcpy(key.comm, task->comm, sizeof(key.comm));
-	key.nr = st->nr;
+	key.nr = call.nr;
 	key.cat = cat;
 	key.kind = KIND_SYSCALL;
 	struct agg_val *v = agg_entry_cached(&key);
 	if (!v)
 		return 0;
-	account(v, ret, dur, st->flags & SC_BYTES);
-	v->blocked_ns += st->blocked_ns;
-	v->runq_ns += st->runq_ns;
+	account(v, ret, dur, fl & SC_BYTES);
+	v->blocked_ns += call.blocked_ns;
+	v->runq_ns += call.runq_ns;
 	return 0;
 }
 
