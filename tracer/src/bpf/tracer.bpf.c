@@ -488,6 +488,14 @@ static __always_inline bool is_io_uring(struct file *fp)
 	return fp && anon_name_head(bpf_core_cast(fp, struct file)) == ANON_IO_URING;
 }
 
+/* An fd call whose fd outlives it is classified at its exit, where the call has just
+ * brought the file and socket into this CPU's cache (at the entry they cost misses).
+ * close, connect and listen change what the fd is: those are classified at the entry. */
+static __always_inline bool classified_at_exit(u32 cls)
+{
+	return (cls & SC_FD0) && !(cls & (SC_CLOSE | SC_CONNECT | SC_LISTEN));
+}
+
 static __always_inline u8 classify_fd(struct task_struct *task, int fd)
 {
 	return classify_file(fd_file(task, fd), fd);
@@ -633,10 +641,7 @@ int BPF_PROG(sys_enter, struct pt_regs *regs, long id)
 			if (c != CAT_NONE)
 				cat = c;
 		}
-	} else if ((cls & SC_FD0) && !(cls & (SC_CLOSE | SC_CONNECT | SC_LISTEN))) {
-		/* The fd outlives the call: classify it at exit, where the call has just
-		 * brought its file and socket into this CPU's cache (here they cost misses). */
-	} else if (cls & SC_FD0) {
+	} else if ((cls & SC_FD0) && !classified_at_exit(cls)) {
 		u8 c;
 		if (cls & SC_CONNECT)
 			c = connect_cat(task, (int)a0, (void *)regs->si);
@@ -714,7 +719,7 @@ int BPF_PROG(sys_exit, struct pt_regs *regs, long ret)
 	u64 dur = bpf_ktime_get_ns() - call.enter_ts;
 	u8 cat = call.cat;
 	u32 fl = call.flags;
-	if ((fl & SC_FD0) && !(fl & (SC_CLOSE | SC_CONNECT | SC_LISTEN))) {
+	if (classified_at_exit(fl)) {
 		u8 c = classify_fd(task, call.fd);
 		if (c != CAT_NONE)
 			cat = c;
