@@ -1,5 +1,6 @@
-//! Builds the BPF program (src/bpf/tracer.bpf.c) into a libbpf-rs skeleton, and the x86_64
-//! syscall name table from the kernel headers (linux-libc-dev's asm/unistd_64.h).
+//! Builds the BPF programs (src/bpf/tracer.bpf.c, and floor.bpf.c for the hook-floor
+//! benchmark) into libbpf-rs skeletons, and the x86_64 syscall name table from the kernel
+//! headers (linux-libc-dev's asm/unistd_64.h).
 //!
 //! Needs clang (any version with the BPF target, 14 works) and the libbpf headers that
 //! libbpf-cargo extracts itself; no bpftool and no vmlinux.h: the kernel types the
@@ -12,6 +13,8 @@ use std::path::PathBuf;
 use libbpf_cargo::SkeletonBuilder;
 
 const SRC: &str = "src/bpf/tracer.bpf.c";
+/// The hook-floor programs: the tracepoints' own cost (examples/hook_floor.rs).
+const FLOOR_SRC: &str = "src/bpf/floor.bpf.c";
 const UNISTD: &str = "/usr/include/x86_64-linux-gnu/asm/unistd_64.h";
 
 fn main() {
@@ -21,19 +24,21 @@ fn main() {
         panic!("tracer: only x86_64 is supported (the BPF program reads x86_64 pt_regs)");
     }
 
-    if let Err(e) = SkeletonBuilder::new()
-        .source(SRC)
-        // v3: atomic fetch-and-add and compare-and-swap that return a value (kernel 5.12).
-        .clang_args(["-I", "src/bpf", "-mcpu=v3", "-Wall", "-Wno-unused-function"])
-        .build_and_generate(out.join("tracer.skel.rs"))
-    {
-        panic!(
-            "tracer: compiling {SRC} failed: {e:#}\n\
-             The build needs clang with the BPF target (Debian: clang, llvm), \
-             plus libelf-dev, zlib1g-dev and pkg-config for libbpf."
-        );
+    for (src, skel) in [(SRC, "tracer.skel.rs"), (FLOOR_SRC, "floor.skel.rs")] {
+        if let Err(e) = SkeletonBuilder::new()
+            .source(src)
+            // v3: atomic fetch-and-add and compare-and-swap that return a value (kernel 5.12).
+            .clang_args(["-I", "src/bpf", "-mcpu=v3", "-Wall", "-Wno-unused-function"])
+            .build_and_generate(out.join(skel))
+        {
+            panic!(
+                "tracer: compiling {src} failed: {e:#}\n\
+                 The build needs clang with the BPF target (Debian: clang, llvm), \
+                 plus libelf-dev, zlib1g-dev and pkg-config for libbpf."
+            );
+        }
+        println!("cargo:rerun-if-changed={src}");
     }
-    println!("cargo:rerun-if-changed={SRC}");
     println!("cargo:rerun-if-changed=src/bpf/core.h");
 
     let unistd = fs::read_to_string(UNISTD).unwrap_or_else(|e| {
