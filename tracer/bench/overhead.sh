@@ -17,6 +17,13 @@
 #      LAB_TRACE_B=PATH: a second lab-trace build, measured as mode ebpf-b in every round
 #      right after the first (an A/B comparison of a tracer change within one run),
 #      SCALE=0: skip the bpftrace and strace measurements (quicker A/B runs of the tracer),
+#      FLOOR=0: skip mode hook-floor. That mode attaches programs that stop after the tgid
+#      test (examples/hook_floor.rs) to the same two syscall tracepoints: its loss is the
+#      kernel's price for the hooks, which any tracer built on them pays, and the rest of
+#      the eBPF loss is the tracer's own programs,
+#      PIPELINE=16 (with GEN=loadgen): that many requests in flight per connection, the
+#      shape in which TechEmpower loads /plaintext; one read and one write then carry many
+#      requests, so the per-syscall cost weighs far less per request,
 #      GEN=loadgen: the lab's own load generator ($BIN/loadgen, same flags and summary)
 #      instead of wrk. The generator matters: the hook slows *its* syscalls too, and wrk
 #      makes about four per request (read, write, and two epoll_ctl to switch between
@@ -39,7 +46,13 @@ case $GEN in
   loadgen) GEN_CMD=("$BIN/loadgen"); [ -x "$BIN/loadgen" ] || { echo "build first: cargo build --release --bins"; exit 1; } ;;
   *) echo "GEN is wrk or loadgen"; exit 1 ;;
 esac
+if [[ -n ${PIPELINE:-} ]]; then
+  [[ $GEN == loadgen ]] || { echo "PIPELINE needs GEN=loadgen (wrk pipelines only through a Lua script)"; exit 1; }
+  GEN_CMD+=(-p "$PIPELINE")
+fi
 [ -x "$BIN/server" ] && [ -x "$BIN/lab-trace" ] || { echo "build first: cargo build --release --bins"; exit 1; }
+FLOOR_BIN=$BIN/examples/hook_floor
+[[ ${FLOOR:-1} == 0 || -x $FLOOR_BIN ]] || { echo "build first: cargo build --release -p tracer --examples (or FLOOR=0)"; exit 1; }
 
 wait_up() { for _ in $(seq 100); do curl -sf -o /dev/null "$ADDR" && return 0; sleep 0.1; done; echo "server did not start"; exit 1; }
 TCK=$(getconf CLK_TCK)
@@ -67,15 +80,29 @@ SP=$!
 trap 'kill $SP 2>/dev/null || true' EXIT
 wait_up
 kill -0 $SP 2>/dev/null || { echo "our server exited: is port $PORT taken? (set PORT)"; exit 1; }
+# The eBPF modes of a round, between its two untraced runs; every other round runs them in
+# reverse order, so that a drift within the round favours none of them.
+EBPF_MODES=(ebpf ${LAB_TRACE_B:+ebpf-b})
+[[ ${FLOOR:-1} == 0 ]] || EBPF_MODES+=(hook-floor)
+attached() { # mode: attach it to the server, measure, detach
+  local cmd
+  case $1 in
+    ebpf) cmd=("$BIN/lab-trace" --pid $SP -q --json /tmp/overhead-ebpf.json) ;;
+    ebpf-b) cmd=("$LAB_TRACE_B" --pid $SP -q --json /tmp/overhead-ebpf-b.json) ;;
+    hook-floor) cmd=("$FLOOR_BIN" --pid $SP) ;;
+  esac
+  taskset -c "$LCPU" "${cmd[@]}" >/tmp/overhead-attached.txt & local t=$!; sleep 1
+  add "$1" "$(load $SP)"; kill -INT $t; wait $t
+  # The floor's programs must have seen the server's calls, or it measured nothing.
+  [[ $1 != hook-floor ]] || grep -q '^[1-9]' /tmp/overhead-attached.txt ||
+    { echo "hook_floor saw no calls of pid $SP"; exit 1; }
+}
 for r in $(seq "$ROUNDS"); do
   echo "round $r (attach)"
   add untraced "$(load $SP)"
-  taskset -c "$LCPU" "$BIN/lab-trace" --pid $SP -q --json /tmp/overhead-ebpf.json & T=$!; sleep 1
-  add ebpf "$(load $SP)"; kill -INT $T; wait $T
-  if [[ -n ${LAB_TRACE_B:-} ]]; then
-    taskset -c "$LCPU" "$LAB_TRACE_B" --pid $SP -q --json /tmp/overhead-ebpf-b.json & T=$!; sleep 1
-    add ebpf-b "$(load $SP)"; kill -INT $T; wait $T
-  fi
+  order=("${EBPF_MODES[@]}")
+  (( r % 2 )) || for ((i = ${#EBPF_MODES[@]} - 1, j = 0; i >= 0; i--, j++)); do order[j]=${EBPF_MODES[i]}; done
+  for m in "${order[@]}"; do attached "$m"; done
   add untraced "$(load $SP)"
   [[ ${SCALE:-1} == 0 ]] && continue
   taskset -c "$LCPU" bpftrace -q -e "tracepoint:raw_syscalls:sys_enter /pid == $SP/ { @[args->id] = count(); }" >/dev/null 2>&1 & T=$!; sleep 3
@@ -111,7 +138,7 @@ median() { tr ' ' '\n' | awk '$1 != "" && $1 != "-"' | sort -n | awk '{a[NR]=$1}
 echo
 printf "%-16s %12s %9s %16s %13s\n" mode "median req/s" "vs base" "server us/req" "$GEN us/req"
 B=$(echo "${R[untraced]}" | median); SB=$(echo "${R[spawn-untraced]:-}" | median)
-MODES=(untraced ebpf ${LAB_TRACE_B:+ebpf-b})
+MODES=(untraced "${EBPF_MODES[@]}")
 [[ ${SCALE:-1} == 0 ]] || MODES+=(bpftrace strace)
 [[ ${SPAWN:-1} == 0 ]] || MODES+=(spawn-untraced spawn-ptrace spawn-strace)
 for m in "${MODES[@]}"; do
@@ -135,9 +162,16 @@ echo
 paired ebpf
 if [[ -n ${LAB_TRACE_B:-} ]]; then
   paired ebpf-b
-  # The two builds side by side: each round's ebpf rate over the ebpf-b rate right after it.
+  # The two builds side by side: each round's ebpf rate over its ebpf-b rate.
   a=(${R[ebpf]}) b=(${R[ebpf-b]}) ab=()
   for i in "${!a[@]}"; do ab+=("$(echo "${a[$i]} / ${b[$i]}" | bc -l)"); done
   printf "%-16s per round: %s; median %.3f\n" "ebpf / ebpf-b" "$(printf '%.3f ' "${ab[@]}")" "$(echo "${ab[@]}" | median)"
+fi
+if [[ ${FLOOR:-1} != 0 ]]; then
+  paired hook-floor
+  # The programs' own share: each round's ebpf rate over its hook-floor rate.
+  a=(${R[ebpf]}) f=(${R[hook-floor]}) af=()
+  for i in "${!a[@]}"; do af+=("$(echo "(${a[$i]} / ${f[$i]} - 1) * 100" | bc -l)"); done
+  printf "%-16s per round: %s; median %.1f%%\n" "ebpf vs floor" "$(printf '%.1f%% ' "${af[@]}")" "$(echo "${af[@]}" | median)"
 fi
 [[ ${SCALE:-1} == 0 ]] || paired bpftrace
