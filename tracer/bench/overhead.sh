@@ -15,7 +15,7 @@
 #      DATABASE_URL (default: the lab's test cluster), SERVER_CPU / LOAD_CPU (default 0 / 1),
 #      PORT (default 18181), SPAWN=0 to skip part 2 (spawn mode, ptrace backend against strace),
 #      LAB_TRACE_B=PATH: a second lab-trace build, measured as mode ebpf-b in every round
-#      right after the first (an A/B comparison of a tracer change within one run),
+#      next to the first (an A/B comparison of a tracer change within one run),
 #      SCALE=0: skip the bpftrace and strace measurements (quicker A/B runs of the tracer),
 #      FLOOR=0: skip mode hook-floor. That mode attaches programs that stop after the tgid
 #      test (examples/hook_floor.rs) to the same two syscall tracepoints: its loss is the

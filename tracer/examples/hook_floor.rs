@@ -70,11 +70,11 @@ fn run() -> Result<()> {
         .context("attaching to the syscall tracepoints")?;
     eprintln!("hook_floor: empty programs on sys_enter/sys_exit for pid {pid} (Ctrl-C to stop)");
     stop.wait().context("waiting for SIGINT or SIGTERM")?;
-    let calls = skel
+    let (enters, exits) = skel
         .maps
         .bss_data
         .as_deref()
-        .map_or(0, |bss| bss.target_calls);
-    println!("{calls} calls of pid {pid} went through the hooks");
+        .map_or((0, 0), |bss| (bss.target_enters, bss.target_exits));
+    println!("{exits} calls of pid {pid} went through the hooks ({enters} entries)");
     Ok(())
 }
