@@ -1,6 +1,7 @@
 //! The ptrace backend attached to and detached from a loaded server again and again: the
 //! server must keep answering every time (no request of the load generator times out,
-//! and a fresh request completes after each detach). Guards issue 5's attach stall.
+//! and a fresh request completes after each detach). Guards issue 5's attach stall. And
+//! attach must succeed on a target whose threads keep exiting.
 //! Needs root (ptrace of another process), `cargo build --workspace --bins` (the
 //! `server` and `loadgen` binaries next to this test's target dir) and the PostgreSQL
 //! binaries for the db crate's test cluster.
@@ -15,6 +16,18 @@ use tracer::{start, Backend, Options, Overrides, Target};
 
 /// Attach/detach cycles per server.
 const CYCLES: usize = 10;
+
+/// The ptrace backend attached to every thread of `pid`.
+fn attach_ptrace(pid: i32) -> anyhow::Result<tracer::Session> {
+    start(
+        Target::Pid(pid),
+        Options {
+            backend: Backend::Ptrace,
+            overrides: Overrides::default(),
+            variant: None,
+        },
+    )
+}
 
 fn attach_detach_under_load(variant: &str, load_args: &[&str]) {
     require_root();
@@ -63,15 +76,7 @@ fn attach_detach_under_load(variant: &str, load_args: &[&str]) {
     std::thread::sleep(Duration::from_millis(500));
 
     for cycle in 1..=CYCLES {
-        let session = start(
-            Target::Pid(pid),
-            Options {
-                backend: Backend::Ptrace,
-                overrides: Overrides::default(),
-                variant: None,
-            },
-        )
-        .unwrap_or_else(|e| panic!("attach {cycle}: {e:#}"));
+        let session = attach_ptrace(pid).unwrap_or_else(|e| panic!("attach {cycle}: {e:#}"));
         std::thread::sleep(Duration::from_millis(700));
         let p = session
             .stop()
@@ -105,6 +110,36 @@ fn attach_detach_under_load(variant: &str, load_args: &[&str]) {
         "requests timed out: the server stalled under ptrace"
     );
     assert_eq!(errors, 0, "loadgen errors: {}", report["errors"]);
+}
+
+/// Attaching must not mistake a thread that is exiting for a refusal. A thread past
+/// exit_notify() is still listed in /proc/PID/task, and PTRACE_SEIZE answers it with EPERM,
+/// the same errno as a real refusal; the tracer used to give up the whole attach with "not
+/// allowed to trace" (about 1 attach in 60 on a target that ends threads all the time).
+#[test]
+fn attach_is_not_refused_by_threads_that_are_exiting() {
+    require_root();
+    let churn = Reap(
+        Command::new(workload_bin())
+            .arg("churn")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("starting tracer-workload churn"),
+    );
+    let pid = churn.0.id() as i32;
+    std::thread::sleep(Duration::from_millis(100));
+    for attempt in 1..=300 {
+        let session = attach_ptrace(pid)
+            .unwrap_or_else(|e| panic!("attach {attempt} to a thread-churning target: {e:#}"));
+        std::thread::sleep(Duration::from_millis(5));
+        session
+            .stop()
+            .unwrap_or_else(|e| panic!("detach {attempt}: {e:#}"));
+        assert!(
+            tracer::procfs::alive(pid),
+            "attempt {attempt}: the target died"
+        );
+    }
 }
 
 #[test]

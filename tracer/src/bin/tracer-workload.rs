@@ -13,6 +13,8 @@
 //! - `epoll-dup DB_PORT N`: what mio does with a worker's epoll: creates an epoll set, dups
 //!   its descriptor, registers a connection to DB_PORT through the first number and waits
 //!   on the second, N times (`epoll_wait`, then a one-byte read).
+//! - `churn`: starts and ends threads without pause (8 at a time), until killed: a target
+//!   whose task list always holds threads that are exiting.
 
 use std::fs::OpenOptions;
 use std::io::{Read, Write};
@@ -25,10 +27,20 @@ fn main() {
         Some("uring") => uring(&args[2]),
         Some("block") => block(args[2].parse().unwrap(), args[3].parse().unwrap()),
         Some("epoll-dup") => epoll_dup(args[2].parse().unwrap(), args[3].parse().unwrap()),
+        Some("churn") => churn(),
         _ => panic!(
             "usage: tracer-workload serve PORT_FILE LOG_PATH [DB_PORT] | uring PORT_FILE | \
-             block DB_PORT N | epoll-dup DB_PORT N"
+             block DB_PORT N | epoll-dup DB_PORT N | churn"
         ),
+    }
+}
+
+fn churn() -> ! {
+    loop {
+        let threads: Vec<_> = (0..8).map(|_| std::thread::spawn(|| {})).collect();
+        for t in threads {
+            t.join().unwrap();
+        }
     }
 }
 

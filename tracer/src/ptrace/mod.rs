@@ -340,10 +340,8 @@ fn attach(pid: i32) -> Result<()> {
                 match ptrace::seize(Pid::from_raw(tid), opts) {
                     Ok(()) => {}
                     Err(Errno::ESRCH) => continue,
-                    // Created by a thread seized a moment ago: TRACECLONE attached it to us
-                    // already (it will report its own PTRACE_EVENT_STOP). Seizing it again
-                    // fails with EPERM; that is not a refusal.
-                    Err(Errno::EPERM) if traced_by_me(tid) => continue,
+                    // Not refusals: see seize_refusal_is_benign.
+                    Err(Errno::EPERM) if seize_refusal_is_benign(tid) => continue,
                     Err(Errno::EPERM) => bail!(
                         "not allowed to trace pid {pid}: ptrace needs the same user (and \
                          kernel.yama.ptrace_scope 0) or CAP_SYS_PTRACE"
@@ -359,17 +357,30 @@ fn attach(pid: i32) -> Result<()> {
     }
 }
 
-/// Whether thread `tid` is traced by the calling thread (its TracerPid in /proc).
-fn traced_by_me(tid: i32) -> bool {
+/// Whether PTRACE_SEIZE's EPERM for thread `tid` is no refusal. The kernel answers EPERM
+/// in two cases that are not about permission:
+/// - the thread was created by a thread seized a moment ago, so TRACECLONE attached it to
+///   us already (it will report its own PTRACE_EVENT_STOP);
+/// - the thread has begun to exit (its exit state is set; thread-per-request servers end
+///   threads all the time), or is gone by now.
+fn seize_refusal_is_benign(tid: i32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{tid}/status")) else {
+        return true; // gone
+    };
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+    };
     let me = nix::unistd::gettid().as_raw();
-    std::fs::read_to_string(format!("/proc/{tid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("TracerPid:"))
-                .and_then(|v| v.trim().parse::<i32>().ok())
-        })
-        == Some(me)
+    let traced_by_me = field("TracerPid:").and_then(|v| v.parse::<i32>().ok()) == Some(me);
+    // "Z (zombie)" or "X (dead)": past exit_notify().
+    let exiting = matches!(
+        field("State:").and_then(|s| s.chars().next()),
+        Some('Z' | 'X')
+    );
+    traced_by_me || exiting
 }
 
 /// Forks the command held on SIGSTOP, sets the options, and lets it install its seccomp
