@@ -158,20 +158,19 @@ paired() { # mode
   printf "%-16s per round vs its untraced neighbours: %s; median %.1f%%\n" "$1" \
     "$(printf '%.1f%% ' "${ratios[@]}")" "$(echo "${ratios[@]}" | median)"
 }
+versus() { # mode a, mode b: each round's rate of a against its rate of b
+  local -a a=(${R[$1]}) b=(${R[$2]}) r=()
+  for i in "${!a[@]}"; do r+=("$(echo "(${a[$i]} / ${b[$i]} - 1) * 100" | bc -l)"); done
+  printf "%-16s per round: %s; median %.1f%%\n" "$1 vs $2" "$(printf '%.1f%% ' "${r[@]}")" "$(echo "${r[@]}" | median)"
+}
 echo
 paired ebpf
 if [[ -n ${LAB_TRACE_B:-} ]]; then
   paired ebpf-b
-  # The two builds side by side: each round's ebpf rate over its ebpf-b rate.
-  a=(${R[ebpf]}) b=(${R[ebpf-b]}) ab=()
-  for i in "${!a[@]}"; do ab+=("$(echo "${a[$i]} / ${b[$i]}" | bc -l)"); done
-  printf "%-16s per round: %s; median %.3f\n" "ebpf / ebpf-b" "$(printf '%.3f ' "${ab[@]}")" "$(echo "${ab[@]}" | median)"
+  versus ebpf ebpf-b   # the two builds side by side
 fi
 if [[ ${FLOOR:-1} != 0 ]]; then
   paired hook-floor
-  # The programs' own share: each round's ebpf rate over its hook-floor rate.
-  a=(${R[ebpf]}) f=(${R[hook-floor]}) af=()
-  for i in "${!a[@]}"; do af+=("$(echo "(${a[$i]} / ${f[$i]} - 1) * 100" | bc -l)"); done
-  printf "%-16s per round: %s; median %.1f%%\n" "ebpf vs floor" "$(printf '%.1f%% ' "${af[@]}")" "$(echo "${af[@]}" | median)"
+  versus ebpf hook-floor   # the programs' own share
 fi
 [[ ${SCALE:-1} == 0 ]] || paired bpftrace

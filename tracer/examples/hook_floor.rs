@@ -42,12 +42,7 @@ fn run() -> Result<()> {
             .map_err(|_| anyhow!("--pid takes a process id, not {pid:?}"))?,
         _ => bail!("usage: hook_floor --pid PID"),
     };
-    if unsafe { libc::kill(pid, 0) } != 0 {
-        bail!(
-            "no process {pid} to follow: {}",
-            std::io::Error::last_os_error()
-        );
-    }
+    tracer::context::check_pid(pid)?;
     // Block the stop signals before attaching, then wait for one of them.
     let mut stop = SigSet::empty();
     stop.add(Signal::SIGINT);

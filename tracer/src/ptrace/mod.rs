@@ -364,23 +364,20 @@ fn attach(pid: i32) -> Result<()> {
 /// - the thread has begun to exit (its exit state is set; thread-per-request servers end
 ///   threads all the time), or is gone by now.
 fn seize_refusal_is_benign(tid: i32) -> bool {
-    let Ok(status) = std::fs::read_to_string(format!("/proc/{tid}/status")) else {
-        return true; // gone
-    };
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .map(str::trim)
-    };
+    traced_by_me(tid) || !crate::procfs::alive(tid)
+}
+
+/// Whether thread `tid` is traced by the calling thread (its TracerPid in /proc).
+fn traced_by_me(tid: i32) -> bool {
     let me = nix::unistd::gettid().as_raw();
-    let traced_by_me = field("TracerPid:").and_then(|v| v.parse::<i32>().ok()) == Some(me);
-    // "Z (zombie)" or "X (dead)": past exit_notify().
-    let exiting = matches!(
-        field("State:").and_then(|s| s.chars().next()),
-        Some('Z' | 'X')
-    );
-    traced_by_me || exiting
+    std::fs::read_to_string(format!("/proc/{tid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("TracerPid:"))
+                .and_then(|v| v.trim().parse::<i32>().ok())
+        })
+        == Some(me)
 }
 
 /// Forks the command held on SIGSTOP, sets the options, and lets it install its seccomp
