@@ -269,7 +269,11 @@ impl Bound {
 
     pub fn describe(&self) -> String {
         match *self {
-            Bound::AtMostTimes(r) if r < 1.0 => format!("after ≤ before / {:.0}", 1.0 / r),
+            // "/ 10" reads better than "× 0.1", but only when the divisor is whole: 0.75
+            // once printed as "/ 1".
+            Bound::AtMostTimes(r) if r < 1.0 && ((1.0 / r) - (1.0 / r).round()).abs() < 1e-6 => {
+                format!("after ≤ before / {:.0}", 1.0 / r)
+            }
             Bound::AtMostTimes(r) => format!("after ≤ before × {r}"),
             Bound::DropsBy(d) => format!("falls by ≥ {d}"),
             Bound::RisesBy(d) => format!("rises by ≥ {d}"),
@@ -1006,5 +1010,16 @@ fn number(v: f64) -> String {
         format!("{v:.5}")
     } else {
         format!("{v:.3}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Bound;
+
+    #[test]
+    fn bounds_print_their_factor() {
+        assert_eq!(Bound::AtMostTimes(0.1).describe(), "after ≤ before / 10");
+        assert_eq!(Bound::AtMostTimes(0.75).describe(), "after ≤ before × 0.75");
     }
 }
