@@ -21,9 +21,10 @@
 #      test (examples/hook_floor.rs) to the same two syscall tracepoints: its loss is the
 #      kernel's price for the hooks, which any tracer built on them pays, and the rest of
 #      the eBPF loss is the tracer's own programs,
-#      PIPELINE=16 (with GEN=loadgen): that many requests in flight per connection, the
-#      shape in which TechEmpower loads /plaintext; one read and one write then carry many
-#      requests, so the per-syscall cost weighs far less per request,
+#      PIPELINE=16: that many requests in flight per connection, the shape in which
+#      TechEmpower loads /plaintext (16 deep; wrk through
+#      loadgen/bench/pipeline.lua, as TechEmpower does, loadgen with -p); one read and one
+#      write then carry many requests, so the per-syscall cost weighs far less per request,
 #      GEN=loadgen: the lab's own load generator ($BIN/loadgen, same flags and summary)
 #      instead of wrk. The generator matters: the hook slows *its* syscalls too, and wrk
 #      makes about four per request (read, write, and two epoll_ctl to switch between
@@ -46,9 +47,13 @@ case $GEN in
   loadgen) GEN_CMD=("$BIN/loadgen"); [ -x "$BIN/loadgen" ] || { echo "build first: cargo build --release --bins"; exit 1; } ;;
   *) echo "GEN is wrk or loadgen"; exit 1 ;;
 esac
+GEN_TAIL=() # after the URL: the arguments of wrk's Lua script
 if [[ -n ${PIPELINE:-} ]]; then
-  [[ $GEN == loadgen ]] || { echo "PIPELINE needs GEN=loadgen (wrk pipelines only through a Lua script)"; exit 1; }
-  GEN_CMD+=(-p "$PIPELINE")
+  case $GEN in
+    loadgen) GEN_CMD+=(-p "$PIPELINE") ;;
+    # wrk pipelines only through a script: TechEmpower's way, one write of N requests.
+    wrk) GEN_CMD+=(-s "$(dirname "$0")/../../loadgen/bench/pipeline.lua"); GEN_TAIL=(-- "$PIPELINE") ;;
+  esac
 fi
 [ -x "$BIN/server" ] && [ -x "$BIN/lab-trace" ] || { echo "build first: cargo build --release --bins"; exit 1; }
 FLOOR_BIN=$BIN/examples/hook_floor
@@ -58,10 +63,10 @@ wait_up() { for _ in $(seq 100); do curl -sf -o /dev/null "$ADDR" && return 0; s
 TCK=$(getconf CLK_TCK)
 ticks() { [[ -n ${1:-} ]] && awk '{print $14 + $15}' "/proc/$1/stat" || echo 0; }
 load() { # $1: server pid (for its CPU time) or empty; prints "req/s server-us/req wrk-us/req"
-  taskset -c "$LCPU" "${GEN_CMD[@]}" -t1 -c64 -d1s "$ADDR" >/dev/null   # warm-up
+  taskset -c "$LCPU" "${GEN_CMD[@]}" -t1 -c64 -d1s "$ADDR" "${GEN_TAIL[@]}" >/dev/null   # warm-up
   local t0 out t1
   t0=$(ticks "${1:-}")
-  out=$(taskset -c "$LCPU" /usr/bin/time -f 'wrk-cpu %U %S' "${GEN_CMD[@]}" -t1 -c64 -d"${SECS}s" "$ADDR" 2>&1)
+  out=$(taskset -c "$LCPU" /usr/bin/time -f 'wrk-cpu %U %S' "${GEN_CMD[@]}" -t1 -c64 -d"${SECS}s" "$ADDR" "${GEN_TAIL[@]}" 2>&1)
   t1=$(ticks "${1:-}")
   awk -v t0="$t0" -v t1="$t1" -v tck="$TCK" -v pid="${1:-}" '
     /requests in/ {n = $1} /Requests\/sec/ {rps = $2} /^wrk-cpu/ {w = $2 + $3}
