@@ -7,6 +7,8 @@
 
 use std::collections::HashMap;
 use std::fs;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -50,6 +52,95 @@ pub fn tcp_sockets(pid: i32) -> HashMap<u64, TcpSock> {
         }
     }
     out
+}
+
+/// A pidfd for `pid` (a thread-group leader), for [`tcp_socket_of`].
+pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let r = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: r is a fresh fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(r as RawFd) })
+}
+
+/// The TCP endpoint of socket `fd` of the process behind `pidfd`, asked of the socket
+/// itself through a duplicate of the fd (pidfd_getfd(2): Linux >= 5.6, allowed to whoever
+/// may ptrace the process). That costs a handful of syscalls, where finding one socket in
+/// /proc/PID/net/tcp{,6} ([`tcp_sockets`]) makes the kernel walk its whole established-
+/// socket hash table (262,144 buckets on the lab machine) and print every TIME_WAIT socket
+/// too: milliseconds per read, and a tracer that re-reads it for every new connection
+/// caps the target at a few dozen connections per second.
+///
+/// Ok(None): a socket, but not TCP. Err: the fd could not be duplicated (closed, a kernel
+/// without pidfd_getfd, no permission) or is not a socket.
+///
+/// The duplicate is closed before this returns, so the socket's life is not extended
+/// beyond these few calls (the last close, and with it the FIN, stays the target's).
+pub fn tcp_socket_of(pidfd: BorrowedFd<'_>, fd: i32) -> io::Result<Option<TcpSock>> {
+    // SAFETY: pidfd_getfd takes a pidfd, an fd number and flags; returns a new fd or -1.
+    let r = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: r is a fresh fd that nothing else owns.
+    let sock = unsafe { OwnedFd::from_raw_fd(r as RawFd) };
+    let s = sock.as_raw_fd();
+    let domain = sockopt_int(s, libc::SO_DOMAIN)?;
+    if domain != libc::AF_INET && domain != libc::AF_INET6 {
+        return Ok(None);
+    }
+    if sockopt_int(s, libc::SO_PROTOCOL)? != libc::IPPROTO_TCP {
+        return Ok(None);
+    }
+    Ok(Some(TcpSock {
+        local_port: sockaddr_port(s, libc::getsockname)?,
+        // ENOTCONN: no peer (listening, or not connected yet), which /proc shows as port 0
+        remote_port: sockaddr_port(s, libc::getpeername).unwrap_or(0),
+        listening: sockopt_int(s, libc::SO_ACCEPTCONN)? != 0,
+    }))
+}
+
+fn sockopt_int(s: RawFd, name: libc::c_int) -> io::Result<libc::c_int> {
+    let mut v: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: v and len are valid for writes of the sizes passed.
+    let r = unsafe {
+        libc::getsockopt(
+            s,
+            libc::SOL_SOCKET,
+            name,
+            (&mut v as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(v)
+}
+
+type SockNameFn =
+    unsafe extern "C" fn(libc::c_int, *mut libc::sockaddr, *mut libc::socklen_t) -> libc::c_int;
+
+/// The port of the socket's own (getsockname) or peer's (getpeername) address.
+fn sockaddr_port(s: RawFd, get: SockNameFn) -> io::Result<u16> {
+    // SAFETY: sockaddr_storage is plain data; all zeroes is a valid value.
+    let mut sa: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: sa and len are valid for writes of the sizes passed.
+    if unsafe { get(s, (&mut sa as *mut libc::sockaddr_storage).cast(), &mut len) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // sin_port and sin6_port both sit right after the family, in network order.
+    // SAFETY: the storage is large and aligned enough for either address type.
+    let port_be = match sa.ss_family as libc::c_int {
+        libc::AF_INET => unsafe { (*(&sa as *const _ as *const libc::sockaddr_in)).sin_port },
+        libc::AF_INET6 => unsafe { (*(&sa as *const _ as *const libc::sockaddr_in6)).sin6_port },
+        _ => 0,
+    };
+    Ok(u16::from_be(port_be))
 }
 
 /// What /proc/PID/fd/N points at.
@@ -216,4 +307,59 @@ pub fn environ_var(pid: i32, name: &str) -> Option<String> {
         let (k, v) = kv.split_once('=')?;
         (k == name).then(|| v.to_string())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{TcpListener, TcpStream};
+    use std::os::fd::AsFd;
+    use std::os::unix::net::UnixStream;
+
+    /// tcp_socket_of reads the same ports and state that /proc/net/tcp shows, from this
+    /// process's own sockets (a process may always duplicate its own fds).
+    #[test]
+    fn a_socket_is_asked_for_its_ports() {
+        let pidfd = pidfd_open(std::process::id() as i32).expect("pidfd_open (Linux >= 5.3)");
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let (server_side, _) = listener.accept().unwrap();
+        let ask = |fd: RawFd| tcp_socket_of(pidfd.as_fd(), fd);
+
+        let l = ask(listener.as_raw_fd()).unwrap().expect("a TCP socket");
+        assert_eq!((l.local_port, l.remote_port, l.listening), (port, 0, true));
+        let c = ask(client.as_raw_fd()).unwrap().expect("a TCP socket");
+        let c_port = client.local_addr().unwrap().port();
+        assert_eq!(
+            (c.local_port, c.remote_port, c.listening),
+            (c_port, port, false)
+        );
+        let s = ask(server_side.as_raw_fd()).unwrap().expect("a TCP socket");
+        assert_eq!(
+            (s.local_port, s.remote_port, s.listening),
+            (port, c_port, false)
+        );
+
+        // What /proc/PID/net/tcp says of the same sockets.
+        let table = tcp_sockets(std::process::id() as i32);
+        let ino = |fd: RawFd| match fd_target(std::process::id() as i32, fd) {
+            Some(FdTarget::Socket(i)) => i,
+            other => panic!("fd {fd} is {other:?}"),
+        };
+        assert_eq!(table.get(&ino(listener.as_raw_fd())), Some(&l));
+        assert_eq!(table.get(&ino(client.as_raw_fd())), Some(&c));
+
+        let (a, _b) = UnixStream::pair().unwrap();
+        assert_eq!(
+            ask(a.as_raw_fd()).unwrap(),
+            None,
+            "a Unix socket is not TCP"
+        );
+        // (Not a just-closed fd: other tests' threads may reuse its number at once.)
+        assert!(
+            ask(i32::MAX).is_err(),
+            "an fd the process does not have cannot be asked"
+        );
+    }
 }

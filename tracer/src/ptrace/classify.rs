@@ -2,7 +2,8 @@
 //! backend's epoll sets in attach mode). Read at the stop, after the fact: an
 //! approximation, see the module doc of [`crate::procfs`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 
 use crate::category::Category;
@@ -68,19 +69,58 @@ pub fn classify_target(
     }
 }
 
-/// Socket lookups with a cache of /proc/PID/net/tcp{,6}, re-read when an unknown socket
-/// inode shows up; inodes still unknown after a fresh read (Unix sockets) are remembered.
+/// Socket lookups. A socket is asked directly (a duplicate of the target's fd, see
+/// [`procfs::tcp_socket_of`]) when the kernel allows it; otherwise from a cache of
+/// /proc/PID/net/tcp{,6}, re-read when an unknown socket inode shows up. Inodes known not
+/// to be TCP (Unix sockets) are remembered either way.
 pub struct SockCache {
-    pub socks: HashMap<u64, TcpSock>,
-    not_tcp: std::collections::HashSet<u64>,
+    pidfd: Option<OwnedFd>,
+    socks: HashMap<u64, TcpSock>,
+    not_tcp: HashSet<u64>,
 }
 
 impl SockCache {
     pub fn new(pid: i32) -> SockCache {
+        let pidfd = procfs::pidfd_open(pid).ok();
         SockCache {
-            socks: procfs::tcp_sockets(pid),
+            socks: match pidfd {
+                Some(_) => HashMap::new(),
+                None => procfs::tcp_sockets(pid),
+            },
+            pidfd,
             not_tcp: Default::default(),
         }
+    }
+
+    /// The TCP endpoint of socket fd `fd` (inode `ino`), None if it is not TCP.
+    fn tcp(&mut self, pid: i32, fd: i32, ino: u64) -> Option<TcpSock> {
+        if self.not_tcp.contains(&ino) {
+            return None;
+        }
+        if let Some(pidfd) = &self.pidfd {
+            match procfs::tcp_socket_of(pidfd.as_fd(), fd) {
+                // Bound but without a peer: a connect still in progress (or a bare bind).
+                // The socket names its peer only once the handshake is done; the table
+                // already does, so ask it in this rare case.
+                Ok(Some(s)) if s.local_port != 0 && s.remote_port == 0 && !s.listening => {
+                    self.socks = procfs::tcp_sockets(pid);
+                    return Some(self.socks.get(&ino).copied().unwrap_or(s));
+                }
+                Ok(Some(s)) => return Some(s),
+                Ok(None) => {
+                    self.not_tcp.insert(ino);
+                    return None;
+                }
+                Err(_) => {} // closed meanwhile, or not allowed: the table may still know it
+            }
+        }
+        if !self.socks.contains_key(&ino) {
+            self.socks = procfs::tcp_sockets(pid);
+            if !self.socks.contains_key(&ino) {
+                self.not_tcp.insert(ino);
+            }
+        }
+        self.socks.get(&ino).copied()
     }
 
     /// The local port of a TCP socket fd (bound, maybe not yet listening).
@@ -88,22 +128,21 @@ impl SockCache {
         let Some(FdTarget::Socket(ino)) = procfs::fd_target(pid, fd) else {
             return None;
         };
-        self.socks = procfs::tcp_sockets(pid);
-        self.socks.get(&ino).map(|s| s.local_port)
+        if self.pidfd.is_none() {
+            self.socks = procfs::tcp_sockets(pid); // a bound socket is listed only from now
+        }
+        self.tcp(pid, fd, ino).map(|s| s.local_port)
+    }
+
+    /// A socket that is not TCP (see [`procfs::is_non_tcp_socket`]).
+    pub fn is_non_tcp(&mut self, pid: i32, fd: i32) -> bool {
+        matches!(procfs::fd_target(pid, fd), Some(FdTarget::Socket(ino)) if self.tcp(pid, fd, ino).is_none())
     }
 
     pub fn classify(&mut self, pid: i32, fd: i32, ctx: &Context) -> Option<Category> {
         let t = procfs::fd_target(pid, fd)?;
         let tcp = match t {
-            FdTarget::Socket(ino) => {
-                if !self.socks.contains_key(&ino) && !self.not_tcp.contains(&ino) {
-                    self.socks = procfs::tcp_sockets(pid);
-                    if !self.socks.contains_key(&ino) {
-                        self.not_tcp.insert(ino);
-                    }
-                }
-                self.socks.get(&ino).copied()
-            }
+            FdTarget::Socket(ino) => self.tcp(pid, fd, ino),
             _ => None,
         };
         classify_target(pid, fd, &t, ctx, tcp.as_ref())

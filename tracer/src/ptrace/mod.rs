@@ -509,9 +509,9 @@ impl Tracer {
             let (epfd, op, fd) = (args[0] as i32, args[1] as i32, args[2] as i32);
             if op == libc::EPOLL_CTL_ADD || op == libc::EPOLL_CTL_DEL {
                 let category = self.classify(fd);
-                let slot = classify::epoll_cover_slot(pid, fd, category, || {
-                    crate::procfs::is_non_tcp_socket(pid, fd, &crate::procfs::tcp_sockets(pid))
-                });
+                let socks = &mut self.socks;
+                let slot =
+                    classify::epoll_cover_slot(pid, fd, category, || socks.is_non_tcp(pid, fd));
                 if let Some(slot) = slot {
                     let n = self.epoll.entry(epfd).or_default();
                     n[slot] += if op == libc::EPOLL_CTL_ADD { 1 } else { -1 };
@@ -609,12 +609,12 @@ impl Tracer {
                 continue;
             }
             let mut n = [0i32; 4];
-            let tcp = crate::procfs::tcp_sockets(pid);
             for tfd in crate::procfs::epoll_targets(pid, fd) {
                 let category = self.socks.classify(pid, tfd, &self.ctx);
-                if let Some(s) = classify::epoll_cover_slot(pid, tfd, category, || {
-                    crate::procfs::is_non_tcp_socket(pid, tfd, &tcp)
-                }) {
+                let socks = &mut self.socks;
+                if let Some(s) =
+                    classify::epoll_cover_slot(pid, tfd, category, || socks.is_non_tcp(pid, tfd))
+                {
                     n[s] += 1;
                 }
             }
