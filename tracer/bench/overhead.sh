@@ -25,6 +25,8 @@
 #      TechEmpower loads /plaintext (16 deep; wrk through
 #      loadgen/bench/pipeline.lua, as TechEmpower does, loadgen with -p); one read and one
 #      write then carry many requests, so the per-syscall cost weighs far less per request,
+#      CLOSE=1: a new connection for every request (wrk: Connection: close; loadgen:
+#      --no-keepalive), so every request brings the tracer a socket it has not seen,
 #      GEN=loadgen: the lab's own load generator ($BIN/loadgen, same flags and summary)
 #      instead of wrk. The generator matters: the hook slows *its* syscalls too, and wrk
 #      makes about four per request (read, write, and two epoll_ctl to switch between
@@ -53,6 +55,12 @@ if [[ -n ${PIPELINE:-} ]]; then
     loadgen) GEN_CMD+=(-p "$PIPELINE") ;;
     # wrk pipelines only through a script: TechEmpower's way, one write of N requests.
     wrk) GEN_CMD+=(-s "$(dirname "$0")/../../loadgen/bench/pipeline.lua"); GEN_TAIL=(-- "$PIPELINE") ;;
+  esac
+fi
+if [[ ${CLOSE:-0} == 1 ]]; then
+  case $GEN in
+    wrk) GEN_CMD+=(-H "Connection: close") ;;
+    loadgen) GEN_CMD+=(--no-keepalive) ;;
   esac
 fi
 [ -x "$BIN/server" ] && [ -x "$BIN/lab-trace" ] || { echo "build first: cargo build --release --bins"; exit 1; }
