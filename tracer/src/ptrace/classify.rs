@@ -80,15 +80,12 @@ pub struct SockCache {
 }
 
 impl SockCache {
+    /// /proc/PID/net/tcp{,6} is read only once a socket cannot be asked directly.
     pub fn new(pid: i32) -> SockCache {
-        let pidfd = procfs::pidfd_open(pid).ok();
         SockCache {
-            socks: match pidfd {
-                Some(_) => HashMap::new(),
-                None => procfs::tcp_sockets(pid),
-            },
-            pidfd,
-            not_tcp: Default::default(),
+            pidfd: procfs::pidfd_open(pid).ok(),
+            socks: HashMap::new(),
+            not_tcp: HashSet::new(),
         }
     }
 
