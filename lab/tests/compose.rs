@@ -338,7 +338,23 @@ fn everything_the_compose_file_names_exists() {
         }
 
         let t = &svcs[&format!("tracer-{v}")];
-        assert_eq!(t["privileged"], true, "tracer-{v} is privileged");
+        // Least privilege that works from Docker 20.10 on: `privileged` asks for every
+        // capability (engines missing one refuse the container), and a memlock ulimit
+        // needs CAP_SYS_RESOURCE in the daemon (dashboards/docker/old-kernel.yml has it).
+        assert!(
+            t["privileged"].is_null() || t["privileged"] == false,
+            "tracer-{v} must not be privileged"
+        );
+        assert!(
+            t["ulimits"].is_null(),
+            "tracer-{v}: no ulimits by default (old-kernel.yml adds memlock)"
+        );
+        let caps: BTreeSet<String> = strings(&t["cap_add"]).into_iter().collect();
+        assert_eq!(
+            caps,
+            BTreeSet::from(["SYS_ADMIN".to_string(), "SYS_PTRACE".to_string()]),
+            "tracer-{v}: the capabilities the eBPF tracer needs, and Docker 20.10 knows"
+        );
         assert_eq!(t["pid"], "host", "tracer-{v} sees the host's pids");
         assert!(
             volumes(t)
@@ -364,6 +380,28 @@ fn everything_the_compose_file_names_exists() {
             .iter()
             .any(|o| o == "seccomp:unconfined" || o == "seccomp=unconfined"),
         "server-io-uring needs seccomp:unconfined (Docker's default profile blocks io_uring)"
+    );
+    assert!(
+        uring["ulimits"].is_null(),
+        "server-io-uring: no ulimits by default (old-kernel.yml adds memlock)"
+    );
+    // The old-kernel override is a valid addition to the file.
+    let out = Command::new(tool("docker-compose"))
+        .current_dir(repo_root())
+        .args([
+            "-f",
+            "docker-compose.yml",
+            "-f",
+            "dashboards/docker/old-kernel.yml",
+            "config",
+            "-q",
+        ])
+        .output()
+        .expect("running docker-compose config");
+    assert!(
+        out.status.success(),
+        "docker-compose rejects dashboards/docker/old-kernel.yml:\n{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 
     // Prometheus: its configuration is the repository's, and it scrapes services of this
