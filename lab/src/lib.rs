@@ -3,6 +3,7 @@
 //!
 //! | module | owns |
 //! |---|---|
+//! | [`dashboards`] | `lab dashboards check`: every dashboard query against a Prometheus |
 //! | [`db_cmd`] | `lab db up|down|status|url|reset` |
 //! | [`report`] | the HTML report of a run (`report.html`) |
 //! | [`results`] | the result types of a run (`run.json`) |
@@ -13,6 +14,7 @@
 //! | [`workshop`] | `lab workshop N`: the workshop exercises, their before/after and expected effects |
 
 pub mod compare_cmd;
+pub mod dashboards;
 pub mod db_cmd;
 pub mod report;
 pub mod results;

@@ -38,6 +38,9 @@ enum Command {
     Syscost(lab::syscost::SyscostArgs),
     /// Run a workshop exercise: its before and after, the comparison, the expected effect.
     Workshop(lab::workshop::WorkshopArgs),
+    /// Check the Grafana dashboards against a Prometheus: every query returns data for
+    /// each variant.
+    Dashboards(lab::dashboards::DashboardsArgs),
 }
 
 fn main() -> ExitCode {
@@ -50,6 +53,7 @@ fn main() -> ExitCode {
         Command::Compare(args) => lab::compare_cmd::run(args),
         Command::Syscost(args) => lab::syscost::run(args),
         Command::Workshop(args) => lab::workshop::run(args),
+        Command::Dashboards(args) => lab::dashboards::run(args),
     };
     match result {
         Ok(code) => code,

@@ -10,13 +10,18 @@
 //! every second. While `loadgen` loads every server with the TechEmpower mix, every query
 //! of every dashboard, with Grafana's variables replaced by concrete values, is evaluated
 //! through Prometheus's HTTP API at one instant inside the load: each must return data,
-//! and the per-variant ones must return it for every variant.
+//! and the per-variant ones must return it for every variant. The evaluator is the lab's
+//! own (`lab::dashboards`, also `lab dashboards check` and scripts/compose-check).
+//!
+//! `lab_run_export_lands_in_a_native_prometheus` runs Debian's Prometheus with
+//! `dashboards/prometheus/native.yml` as it is and a short `lab run --export`: every
+//! dashboard query must return data for each variant inside its own measured window.
 //!
 //! Needs: `cargo build --workspace --bins` first (the test starts `server`, `lab` and
 //! `loadgen`), root, and the `prometheus` package (`scripts/install-deps` installs it;
 //! `PROMETHEUS=/path/to/prometheus` picks another binary).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -24,9 +29,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use lab::dashboards::{self, panels, DATASOURCE_UID};
 use serde_json::Value;
-
-const DATASOURCE_UID: &str = "lab-prometheus";
 /// The variants the live test needs; io-uring joins when it starts.
 const REQUIRED_VARIANTS: [&str; 3] = ["epoll", "thread-pool", "thread-per-request"];
 const OPTIONAL_VARIANTS: [&str; 1] = ["io-uring"];
@@ -43,112 +47,16 @@ fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
+fn dashboards_dir() -> PathBuf {
+    repo_root().join("dashboards/grafana/dashboards")
+}
+
 fn dashboard_files() -> Vec<PathBuf> {
-    let dir = repo_root().join("dashboards/grafana/dashboards");
-    let mut files: Vec<PathBuf> = fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
-        .map(|e| e.expect("a directory entry").path())
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
-        .collect();
-    files.sort();
-    assert!(!files.is_empty(), "no dashboards in {}", dir.display());
-    files
+    dashboards::dashboard_files(&dashboards_dir()).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 fn load_json(path: &Path) -> Value {
-    let text =
-        fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()))
-}
-
-/// Every panel, rows' nested panels included.
-fn panels(dashboard: &Value) -> Vec<&Value> {
-    let mut out = Vec::new();
-    for p in dashboard["panels"].as_array().into_iter().flatten() {
-        out.push(p);
-        for q in p["panels"].as_array().into_iter().flatten() {
-            out.push(q);
-        }
-    }
-    out
-}
-
-/// A query of a dashboard: where it comes from and its PromQL as written.
-struct Query {
-    dashboard: String,
-    panel: String,
-    expr: String,
-    /// Whether each variant must appear in its result (its series carry `variant`).
-    per_variant: bool,
-}
-
-fn queries() -> Vec<Query> {
-    let mut out = Vec::new();
-    for file in dashboard_files() {
-        let d = load_json(&file);
-        let title = d["title"].as_str().unwrap_or("?").to_string();
-        for p in panels(&d) {
-            for t in p["targets"].as_array().into_iter().flatten() {
-                let expr = t["expr"].as_str().expect("every target has an expr");
-                out.push(Query {
-                    dashboard: title.clone(),
-                    panel: p["title"].as_str().unwrap_or("?").to_string(),
-                    expr: expr.to_string(),
-                    per_variant: t["legendFormat"]
-                        .as_str()
-                        .is_some_and(|l| l.contains("{{variant}}")),
-                });
-            }
-        }
-        for v in d["templating"]["list"].as_array().into_iter().flatten() {
-            let q = v["query"]["query"]
-                .as_str()
-                .or_else(|| v["query"].as_str())
-                .expect("a query variable has a query");
-            out.push(Query {
-                dashboard: title.clone(),
-                panel: format!("variable ${}", v["name"].as_str().unwrap_or("?")),
-                expr: variable_query(q),
-                per_variant: v["name"] == "variant",
-            });
-        }
-    }
-    out
-}
-
-/// Grafana's `label_values(METRIC, LABEL)` as the PromQL that gives the same values.
-fn variable_query(q: &str) -> String {
-    let inner = q
-        .trim()
-        .strip_prefix("label_values(")
-        .and_then(|r| r.strip_suffix(')'))
-        .unwrap_or_else(|| panic!("unsupported variable query {q:?}"));
-    let (metric, label) = inner
-        .rsplit_once(',')
-        .unwrap_or_else(|| panic!("label_values without a label: {q:?}"));
-    format!("count by ({}) ({})", label.trim(), metric.trim())
-}
-
-/// Replaces Grafana's variables by what Grafana would send for "All variants".
-fn concrete(expr: &str) -> String {
-    concrete_for(expr, ".*")
-}
-
-/// Replaces Grafana's variables, `$variant` by `variants` (Grafana sends a multi-select
-/// as a regex alternation: `(epoll|thread-pool)`).
-fn concrete_for(expr: &str, variants: &str) -> String {
-    let out = expr
-        .replace("$__rate_interval", RATE_INTERVAL)
-        .replace("${__rate_interval}", RATE_INTERVAL)
-        .replace("$__interval", "1s")
-        .replace("${variant:regex}", variants)
-        .replace("${variant}", variants)
-        .replace("$variant", variants);
-    assert!(
-        !out.contains('$'),
-        "a Grafana variable the test does not know in {expr:?}"
-    );
-    out
+    dashboards::load_json(path).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 #[test]
@@ -213,7 +121,8 @@ fn dashboards_are_provisionable() {
                     expr.contains("variant=~\"$variant\""),
                     "{name}: {title}: every query follows $variant: {expr}"
                 );
-                concrete(expr);
+                dashboards::concrete(expr, ".*", RATE_INTERVAL)
+                    .unwrap_or_else(|e| panic!("{name}: {title}: {e:#}"));
                 queries += 1;
             }
         }
@@ -318,31 +227,16 @@ fn every_dashboard_query_returns_data() {
     );
     let config_path = dir.0.join("prometheus.yml");
     fs::write(&config_path, config).unwrap();
-    let mut prom = Proc::spawn(
-        "prometheus",
-        Command::new(&prometheus)
-            .arg(format!("--config.file={}", config_path.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.0.join("tsdb").display()
-            ))
-            .arg(format!("--web.listen-address={prom_addr}"))
-            .arg("--log.level=warn"),
-        &dir.0,
-    );
-    prom.addr = prom_addr;
-    wait_for(Duration::from_secs(20), "Prometheus to be ready", || {
-        http_get(prom_addr, "/-/ready").is_ok_and(|(status, _)| status == 200)
-    })
-    .unwrap_or_else(|e| panic!("{e}\n{}", prom.stderr_tail()));
+    let (prom, prometheus) = start_prometheus(&prometheus, &config_path, prom_addr, &dir.0);
     let expected_up = servers.len() + tracers.len();
     wait_for(Duration::from_secs(20), "every target to be up", || {
-        query(prom_addr, "sum(up)", None)
+        prometheus
+            .query("sum(up)", None)
             .ok()
             .and_then(|r| r.first().map(|s| s.1))
             .is_some_and(|v| v as usize == expected_up)
     })
-    .unwrap_or_else(|e| panic!("{e}: {:?}", query(prom_addr, "up", None)));
+    .unwrap_or_else(|e| panic!("{e}: {:?}", prometheus.query("up", None).ok()));
 
     // Load every server at once, and evaluate every query inside the load.
     let loadgen_bin = sibling_binary("loadgen");
@@ -369,138 +263,16 @@ fn every_dashboard_query_returns_data() {
     // Let Prometheus scrape past the instant before asking about it.
     std::thread::sleep(Duration::from_millis(2500));
 
-    let mut failures = Vec::new();
-    let mut report = Vec::new();
-    let all_queries = queries();
-    for q in &all_queries {
-        let promql = concrete(&q.expr);
-        match query(prom_addr, &promql, Some(at)) {
-            Err(e) => failures.push(format!("[{}] {}: {e}\n  {promql}", q.dashboard, q.panel)),
-            Ok(result) if result.is_empty() => failures.push(format!(
-                "[{}] {}: no data\n  {promql}",
-                q.dashboard, q.panel
-            )),
-            Ok(result) => {
-                if q.per_variant {
-                    let seen: BTreeSet<&str> = result
-                        .iter()
-                        .filter_map(|(labels, _)| labels.get("variant").map(String::as_str))
-                        .collect();
-                    let missing: Vec<&str> = REQUIRED_VARIANTS
-                        .iter()
-                        .copied()
-                        .filter(|v| !seen.contains(v))
-                        .collect();
-                    if !missing.is_empty() {
-                        failures.push(format!(
-                            "[{}] {}: no data for {missing:?}\n  {promql}",
-                            q.dashboard, q.panel
-                        ));
-                    }
-                }
-                report.push((q, result));
-            }
-        }
-    }
-
-    // Picking two variants in $variant shows those two and no other.
-    let picked = ["epoll", "thread-pool"];
-    let regex = format!("({})", picked.join("|"));
-    for q in all_queries
-        .iter()
-        .filter(|q| q.per_variant && !q.panel.starts_with("variable "))
-    {
-        let promql = concrete_for(&q.expr, &regex);
-        match query(prom_addr, &promql, Some(at)) {
-            Err(e) => failures.push(format!("[{}] {}: {e}\n  {promql}", q.dashboard, q.panel)),
-            Ok(result) => {
-                let seen: BTreeSet<&str> = result
-                    .iter()
-                    .filter_map(|(labels, _)| labels.get("variant").map(String::as_str))
-                    .collect();
-                if seen != BTreeSet::from(picked) {
-                    failures.push(format!(
-                        "[{}] {}: $variant={regex} shows {seen:?}\n  {promql}",
-                        q.dashboard, q.panel
-                    ));
-                }
-            }
-        }
-    }
-
-    // A few figures that must be positive, not merely present.
-    let find = |panel: &str| {
-        report
-            .iter()
-            .find(|(q, _)| q.panel == panel)
-            .map(|(_, r)| r.clone())
-            .unwrap_or_default()
-    };
-    for panel in [
-        "Requests/s",
-        "Syscalls per request",
-        "CPU per request",
-        "Threads",
-    ] {
-        for variant in REQUIRED_VARIANTS {
-            let v = find(panel)
-                .iter()
-                .find(|(l, _)| l.get("variant").map(String::as_str) == Some(variant))
-                .map(|(_, v)| *v);
-            if !v.is_some_and(|v| v > 0.0 && v.is_finite()) {
-                failures.push(format!(
-                    "{panel} of {variant} is {v:?}, not a positive number"
-                ));
-            }
-        }
-    }
-    // The join gives, per variant, the network and database syscalls of a request.
-    let by_category = find("Syscalls per request by category");
-    for variant in REQUIRED_VARIANTS {
-        for category in ["network", "database"] {
-            let v = by_category
-                .iter()
-                .find(|(l, _)| {
-                    l.get("variant").map(String::as_str) == Some(variant)
-                        && l.get("category").map(String::as_str) == Some(category)
-                })
-                .map(|(_, v)| *v);
-            if !v.is_some_and(|v| v > 0.0 && v.is_finite()) {
-                failures.push(format!(
-                    "syscalls per request, {category}, of {variant}: {v:?}"
-                ));
-            }
-        }
-    }
-
-    eprintln!(
-        "evaluated {} queries of {} dashboards at {at:.3} ({} variants: {})",
-        all_queries.len(),
-        dashboard_files().len(),
-        variants.len(),
-        variants.join(", ")
-    );
-    for (panel, unit) in [
-        ("Requests/s", "req/s"),
-        ("p99 latency", "s"),
-        ("CPU per request", "s"),
-        ("Syscalls per request", ""),
-        ("Off-CPU per request", "s"),
-        ("Syscalls per request by category", ""),
-    ] {
-        let mut rows: Vec<String> = find(panel)
-            .iter()
-            .map(|(l, v)| {
-                let mut name = l.get("variant").cloned().unwrap_or_default();
-                if let Some(c) = l.get("category") {
-                    name = format!("{name} {c}");
-                }
-                format!("{name}={v:.6}{unit}")
-            })
-            .collect();
-        rows.sort();
-        eprintln!("  {panel}: {}", rows.join("  "));
-    }
+    let evaluation = dashboards::evaluate(
+        &prometheus,
+        &dashboards_dir(),
+        at,
+        &REQUIRED_VARIANTS.map(String::from),
+        RATE_INTERVAL,
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    eprint!("{}", evaluation.summary());
+    eprintln!("variants loaded: {}", variants.join(", "));
 
     for l in &mut loads {
         l.wait(Duration::from_secs(30));
@@ -509,10 +281,126 @@ fn every_dashboard_query_returns_data() {
     drop(tracers);
     drop(servers);
     assert!(
+        evaluation.failures.is_empty(),
+        "{} of {} dashboard checks failed:\n{}",
+        evaluation.failures.len(),
+        evaluation.results.len(),
+        evaluation.failures.join("\n")
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// `lab run --export` into a native Prometheus.
+
+/// Where `dashboards/prometheus/native.yml` scrapes, and `lab run --export` serves.
+const EXPORT_SERVER: &str = "127.0.0.1:8080";
+const EXPORT_TRACER: &str = "127.0.0.1:9100";
+
+/// docs/dashboards.md, "Without Docker": Debian's Prometheus with
+/// `dashboards/prometheus/native.yml` as it is, and a short `lab run --export` of every
+/// variant. Each variant ran alone, so each is evaluated at an instant inside its own
+/// measured window (from run.json), with `$variant` = All: every query of both dashboards
+/// must return data, and data for that variant.
+#[test]
+fn lab_run_export_lands_in_a_native_prometheus() {
+    assert!(
+        is_root(),
+        "this test runs `lab run` with the eBPF tracer and must run as root; \
+         it does not skip: run `cargo test` as root"
+    );
+    for addr in [EXPORT_SERVER, EXPORT_TRACER] {
+        assert!(
+            TcpListener::bind(addr).is_ok(),
+            "{addr} is taken: `lab run --export` serves there (native.yml scrapes it); \
+             stop what listens there and run the test again"
+        );
+    }
+    let prometheus_bin = prometheus_binary();
+    let dir = TempDir::new();
+    let (database_url, _cluster) = database();
+
+    let prom_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let native = repo_root().join("dashboards/prometheus/native.yml");
+    let (prom, prometheus) = start_prometheus(&prometheus_bin, &native, prom_addr, &dir.0);
+    // Prometheus applies its targets a few seconds after it is ready; scrapes (of nothing,
+    // yet: `up` is 0) must have begun before the first variant's window does.
+    wait_for(
+        Duration::from_secs(30),
+        "native.yml's two targets to be scraped",
+        || {
+            prometheus
+                .query("count(up)", None)
+                .ok()
+                .and_then(|r| r.first().map(|s| s.1))
+                .is_some_and(|n| n == 2.0)
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", prom.stderr_tail()));
+
+    let run_json = dir.0.join("run.json");
+    let lab_bin = PathBuf::from(env!("CARGO_BIN_EXE_lab"));
+    let output = Command::new(&lab_bin)
+        .args(["run", "--export", "--workload", "mix", "--tracer", "ebpf"])
+        .args([
+            "--duration",
+            "6s",
+            "--warmup",
+            "1s",
+            "-c",
+            "8",
+            "--log",
+            "buffered",
+        ])
+        .arg("--out")
+        .arg(dir.0.join("results"))
+        .arg("--json")
+        .arg(&run_json)
+        .env("DATABASE_URL", &database_url)
+        .output()
+        .expect("running lab run --export");
+    assert!(
+        output.status.success(),
+        "lab run --export failed ({}):\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // The last window's last scrape.
+    std::thread::sleep(Duration::from_millis(1500));
+
+    let run: Value = serde_json::from_str(&fs::read_to_string(&run_json).unwrap()).unwrap();
+    let mut failures = Vec::new();
+    let mut evaluated = 0;
+    for v in run["variants"].as_array().expect("variants") {
+        let variant = v["variant"].as_str().unwrap().to_string();
+        let load = &v["rounds"][0]["load"];
+        let (start, length) = (
+            load["started_unix_s"].as_f64().expect("started_unix_s"),
+            load["duration_s"].as_f64().expect("duration_s"),
+        );
+        // A second before the window ends: rates over the last 5 s are all inside it.
+        let at = start + length - 1.0;
+        let evaluation = dashboards::evaluate(
+            &prometheus,
+            &dashboards_dir(),
+            at,
+            std::slice::from_ref(&variant),
+            RATE_INTERVAL,
+        )
+        .unwrap_or_else(|e| panic!("{e:#}"));
+        eprint!("{}", evaluation.summary());
+        evaluated += 1;
+        failures.extend(
+            evaluation
+                .failures
+                .iter()
+                .map(|f| format!("{variant}: {f}")),
+        );
+    }
+    assert_eq!(evaluated, 4, "run.json should hold the four variants");
+    assert!(
         failures.is_empty(),
-        "{} of {} dashboard queries failed:\n{}",
+        "{} dashboard checks failed after lab run --export:\n{}",
         failures.len(),
-        all_queries.len(),
         failures.join("\n")
     );
 }
@@ -723,6 +611,36 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
+/// Debian's Prometheus with `config`, its data in `dir`, on `addr`; ready to answer.
+fn start_prometheus(
+    binary: &Path,
+    config: &Path,
+    addr: SocketAddr,
+    dir: &Path,
+) -> (Proc, dashboards::Prometheus) {
+    let mut prom = Proc::spawn(
+        "prometheus",
+        Command::new(binary)
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join(format!("tsdb-{}", addr.port())).display()
+            ))
+            .arg(format!("--web.listen-address={addr}"))
+            .arg("--log.level=warn"),
+        dir,
+    );
+    prom.addr = addr;
+    let prometheus = dashboards::Prometheus::new(&addr.to_string()).unwrap();
+    wait_for(Duration::from_secs(20), "Prometheus to be ready", || {
+        prometheus
+            .get("/-/ready")
+            .is_ok_and(|(status, _)| status == 200)
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", prom.stderr_tail()));
+    (prom, prometheus)
+}
+
 fn prometheus_binary() -> PathBuf {
     if let Some(p) = std::env::var_os("PROMETHEUS") {
         return PathBuf::from(p);
@@ -804,64 +722,4 @@ fn http_get(addr: SocketAddr, target: &str) -> Result<(u16, String), String> {
         .and_then(|s| s.parse().ok())
         .ok_or("no status")?;
     Ok((status, body.to_string()))
-}
-
-fn url_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
-type Series = Vec<(BTreeMap<String, String>, f64)>;
-
-/// An instant query: each series' labels and value.
-fn query(prom: SocketAddr, promql: &str, at: Option<f64>) -> Result<Series, String> {
-    let mut target = format!("/api/v1/query?query={}", url_encode(promql));
-    if let Some(t) = at {
-        target.push_str(&format!("&time={t:.3}"));
-    }
-    let (status, body) = http_get(prom, &target)?;
-    let v: Value = serde_json::from_str(&body)
-        .map_err(|e| format!("HTTP {status}, not JSON ({e}): {body}"))?;
-    if v["status"] != "success" {
-        return Err(format!(
-            "HTTP {status}: {} {}",
-            v["errorType"].as_str().unwrap_or(""),
-            v["error"].as_str().unwrap_or(&body)
-        ));
-    }
-    let data = &v["data"];
-    match data["resultType"].as_str() {
-        Some("vector") => Ok(data["result"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|s| {
-                let labels = s["metric"]
-                    .as_object()
-                    .into_iter()
-                    .flatten()
-                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
-                    .collect();
-                let value = s["value"][1]
-                    .as_str()
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(f64::NAN);
-                (labels, value)
-            })
-            .collect()),
-        Some("scalar") => Ok(vec![(
-            BTreeMap::new(),
-            data["result"][1]
-                .as_str()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(f64::NAN),
-        )]),
-        other => Err(format!("unexpected result type {other:?}")),
-    }
 }
