@@ -3,6 +3,7 @@
 //!
 //! | module | owns |
 //! |---|---|
+//! | [`clock`] | UTC dates and times from Unix seconds (run ids, the report's dates) |
 //! | [`db_cmd`] | `lab db up|down|status|url|reset` |
 //! | [`report`] | the HTML report of a run (`report.html`) |
 //! | [`results`] | the result types of a run (`run.json`) |
@@ -12,6 +13,7 @@
 //! | [`syscost`] | `lab syscost`: what single system calls cost here |
 //! | [`workshop`] | `lab workshop N`: the workshop exercises, their before/after and expected effects |
 
+pub mod clock;
 pub mod compare_cmd;
 pub mod db_cmd;
 pub mod report;
