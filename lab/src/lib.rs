@@ -5,6 +5,7 @@
 //! |---|---|
 //! | [`clock`] | UTC dates and times from Unix seconds (run ids, the report's dates) |
 //! | [`db_cmd`] | `lab db up|down|status|url|reset` |
+//! | [`placement`] | which CPUs the server and the load generator run on |
 //! | [`report`] | the HTML report of a run (`report.html`) |
 //! | [`results`] | the result types of a run (`run.json`) |
 //! | [`run_cmd`] | `lab run`: every variant under load and tracing |
@@ -16,6 +17,7 @@
 pub mod clock;
 pub mod compare_cmd;
 pub mod db_cmd;
+pub mod placement;
 pub mod report;
 pub mod results;
 pub mod run_cmd;
