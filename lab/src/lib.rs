@@ -3,8 +3,10 @@
 //!
 //! | module | owns |
 //! |---|---|
+//! | [`clock`] | UTC dates and times from Unix seconds (run ids, the report's dates) |
 //! | [`dashboards`] | `lab dashboards check`: every dashboard query against a Prometheus |
 //! | [`db_cmd`] | `lab db up|down|status|url|reset` |
+//! | [`placement`] | which CPUs the server and the load generator run on |
 //! | [`report`] | the HTML report of a run (`report.html`) |
 //! | [`results`] | the result types of a run (`run.json`) |
 //! | [`run_cmd`] | `lab run`: every variant under load and tracing |
@@ -13,9 +15,11 @@
 //! | [`syscost`] | `lab syscost`: what single system calls cost here |
 //! | [`workshop`] | `lab workshop N`: the workshop exercises, their before/after and expected effects |
 
+pub mod clock;
 pub mod compare_cmd;
 pub mod dashboards;
 pub mod db_cmd;
+pub mod placement;
 pub mod report;
 pub mod results;
 pub mod run_cmd;

@@ -12,10 +12,8 @@
 //! `/debug/pprof/profile` (`servers::profile`). Sampling signals the server ~200 times a
 //! second, a `rt_sigreturn` each, so it never overlaps the window that counts syscalls.
 //!
-//! Placement on CPUs: with two or more CPUs the server is pinned to the first half and
-//! the load generator (which runs inside this process) to the second half, so that they
-//! do not take turns on one core; PostgreSQL is left to the scheduler. On a 2-core
-//! machine that is the server on CPU 0 and the load generator on CPU 1.
+//! Placement on CPUs ([`crate::placement`]): the server on the first half of the CPUs,
+//! the load generator (which runs inside this process) on the second half.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -25,6 +23,7 @@ use anyhow::{bail, Context, Result};
 use clap::ValueEnum;
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::placement::Placement;
 use crate::results::{
     CpuProfile, Environment, ProcessFigures, Round, Run, RunConfig, Summary, VariantResult, SCHEMA,
     SCHEMA_VERSION, TOP_FUNCTIONS,
@@ -797,96 +796,6 @@ fn http_get(
     Ok((status, response[split + 4..].to_vec()))
 }
 
-/// Which CPUs the server and the load generator get.
-struct Placement {
-    server: Vec<usize>,
-    load: Vec<usize>,
-}
-
-impl Placement {
-    fn choose() -> Placement {
-        let cpus: Vec<usize> = allowed_cpus();
-        if cpus.len() < 2 {
-            return Placement {
-                server: vec![],
-                load: vec![],
-            };
-        }
-        let half = cpus.len() / 2;
-        let placement = Placement {
-            server: cpus[..half].to_vec(),
-            load: cpus[half..].to_vec(),
-        };
-        // The load generator runs on this thread and the threads it starts.
-        let _ = set_affinity(0, &placement.load);
-        placement
-    }
-
-    fn describe(&self) -> String {
-        if self.server.is_empty() {
-            "none (fewer than 2 CPUs)".into()
-        } else {
-            format!(
-                "server on CPUs {:?}, load generator on CPUs {:?}, PostgreSQL unpinned",
-                self.server, self.load
-            )
-        }
-    }
-
-    /// Runs `start` (which starts the tracer's threads) on the server's CPUs. A ptrace
-    /// tracer must run for every syscall the server makes (each one stops the tracee
-    /// until the tracer resumes it): left on the load generator's CPUs, which this thread
-    /// is pinned to, it competed with the busy load generator, and under outside load the
-    /// server's stops waited for it for seconds (requests stalled in a third of the runs).
-    /// Beside the server it runs while the tracee waits (so does strace, the same kind of
-    /// tracer, when `--tracer strace` starts it). The eBPF
-    /// backend's thread only reads maps and stays with the lab.
-    fn beside_server<T>(&self, backend: tracer::Backend, start: impl FnOnce() -> T) -> T {
-        if self.server.is_empty() || backend == tracer::Backend::Ebpf {
-            return start();
-        }
-        let _ = set_affinity(0, &self.server);
-        let started = start();
-        let _ = set_affinity(0, &self.load);
-        started
-    }
-
-    /// Pins every thread the server has now; threads it starts later inherit the mask.
-    fn pin_process(&self, pid: u32) {
-        if self.server.is_empty() {
-            return;
-        }
-        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
-            for task in tasks.flatten() {
-                if let Some(tid) = task
-                    .file_name()
-                    .to_str()
-                    .and_then(|t| t.parse::<i32>().ok())
-                {
-                    let _ = set_affinity(tid, &self.server);
-                }
-            }
-        }
-    }
-}
-
-fn allowed_cpus() -> Vec<usize> {
-    match nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)) {
-        Ok(set) => (0..nix::sched::CpuSet::count())
-            .filter(|&c| set.is_set(c).unwrap_or(false))
-            .collect(),
-        Err(_) => vec![],
-    }
-}
-
-fn set_affinity(tid: i32, cpus: &[usize]) -> nix::Result<()> {
-    let mut set = nix::sched::CpuSet::new();
-    for &cpu in cpus {
-        set.set(cpu)?;
-    }
-    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(tid), &set)
-}
-
 /// Cumulative counters of a process, to subtract.
 struct Counters {
     user_s: f64,
@@ -956,30 +865,11 @@ fn unix_now() -> f64 {
 }
 
 fn run_id() -> String {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let (days, rest) = (secs / 86_400, secs % 86_400);
-    let (y, m, d) = civil_from_days(days as i64);
+    let t = crate::clock::Utc::now();
     format!(
-        "{y:04}{m:02}{d:02}-{:02}{:02}{:02}",
-        rest / 3600,
-        rest % 3600 / 60,
-        rest % 60
+        "{:04}{:02}{:02}-{:02}{:02}{:02}",
+        t.year, t.month, t.day, t.hour, t.minute, t.second
     )
-}
-
-/// Gregorian date of a day number since 1970-01-01 (Howard Hinnant's algorithm).
-pub(crate) fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
 /// What the machine is, for the report.
@@ -1045,13 +935,4 @@ pub fn check_variants(variants: &[String]) -> Result<()> {
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn days_become_dates() {
-        assert_eq!(super::civil_from_days(0), (1970, 1, 1));
-        assert_eq!(super::civil_from_days(20_413), (2025, 11, 21));
-    }
 }

@@ -38,7 +38,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use lab::report::html::{self, CATEGORY_COLOURS};
+use lab::report::charts::CATEGORY_COLOURS;
+use lab::report::html;
 use lab::results::{Run, Summary, CATEGORIES};
 use serde_json::Value;
 

@@ -1,7 +1,10 @@
 //! Reports made from a finished run (`results/<run-id>/run.json`).
 //!
-//! [`html`] renders the self-contained HTML page (`report.html`): every chart is inline SVG
-//! generated here, so the page works offline and needs no chart library. What each chart
-//! shows is documented in `docs/report.md`.
+//! [`html`] renders the self-contained HTML page (`report.html`); its charts are inline
+//! SVG drawn by [`charts`], so the page works offline and needs no chart library;
+//! `format` writes values (numbers, durations, sizes, dates, escaping) for both. What each
+//! chart shows is documented in `docs/report.md`.
 
+pub mod charts;
+mod format;
 pub mod html;
