@@ -1,7 +1,9 @@
 //! A private PostgreSQL cluster that the lab starts itself (`lab db up`).
 //!
 //! The cluster lives in a data directory the lab owns (see [`ClusterConfig::standard`]),
-//! listens on 127.0.0.1 only, on a port that is not 5432, trusts loopback connections only,
+//! listens on 127.0.0.1 only, on a port that is not 5432, trusts loopback connections only
+//! (for `lab run --hosts separate`: listens on the database host's address inside the lab's
+//! network namespace and trusts that link's subnet too, [`ClusterConfig::on_network`]),
 //! and preloads `pg_stat_statements` when the server has it. PostgreSQL refuses to run as
 //! root, so when the lab runs as root every PostgreSQL program is started as an
 //! unprivileged account (`postgres` if it exists, else a `syscall-lab` system account that
@@ -14,6 +16,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -30,6 +33,8 @@ use crate::schema;
 pub const DEFAULT_PORT: u16 = 54320;
 /// Port of the cluster the test suites start, unless `LAB_TEST_PGPORT` says otherwise.
 pub const TEST_PORT: u16 = 54321;
+/// Where the lab's clusters listen unless told otherwise.
+const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 /// The database, role and password TechEmpower's verifier expects.
 pub const DATABASE: &str = "hello_world";
 pub const ROLE: &str = "benchmarkdbuser";
@@ -40,6 +45,10 @@ pub const PASSWORD: &str = "benchmarkdbpass";
 pub struct ClusterConfig {
     pub data_dir: PathBuf,
     pub port: u16,
+    /// The address it listens on (and the URL names): 127.0.0.1 unless [`Self::on_network`].
+    pub listen: IpAddr,
+    /// Networks trusted besides loopback (CIDR, e.g. `198.18.2.0/24`).
+    pub trusted: Vec<String>,
 }
 
 impl ClusterConfig {
@@ -63,6 +72,8 @@ impl ClusterConfig {
         ClusterConfig {
             data_dir,
             port: env_port("LAB_PGPORT").unwrap_or(DEFAULT_PORT),
+            listen: LOOPBACK,
+            trusted: Vec::new(),
         }
     }
 
@@ -74,6 +85,8 @@ impl ClusterConfig {
         ClusterConfig {
             data_dir: dir.join("test-cluster"),
             port: env_port("LAB_TEST_PGPORT").unwrap_or(TEST_PORT),
+            listen: LOOPBACK,
+            trusted: Vec::new(),
         }
     }
 
@@ -83,14 +96,31 @@ impl ClusterConfig {
         ClusterConfig {
             data_dir: dir.join(name),
             port,
+            listen: LOOPBACK,
+            trusted: Vec::new(),
+        }
+    }
+
+    /// The same cluster's data directory with `suffix` appended, listening on `listen`
+    /// and trusting `trusted` (CIDR) as well as loopback: the database host of `lab run
+    /// --hosts separate`, started inside its network namespace. A data directory of its
+    /// own, so that it never fights the loopback cluster for its `postmaster.pid`.
+    pub fn on_network(&self, suffix: &str, listen: IpAddr, trusted: &str) -> Self {
+        let mut name = self.data_dir.file_name().unwrap_or_default().to_os_string();
+        name.push(suffix);
+        ClusterConfig {
+            data_dir: self.data_dir.with_file_name(name),
+            port: self.port,
+            listen,
+            trusted: vec![trusted.to_string()],
         }
     }
 
     /// The `DATABASE_URL` of this cluster's benchmark database.
     pub fn url(&self) -> String {
         format!(
-            "postgres://{ROLE}:{PASSWORD}@127.0.0.1:{}/{DATABASE}",
-            self.port
+            "postgres://{ROLE}:{PASSWORD}@{}/{DATABASE}",
+            SocketAddr::new(self.listen, self.port)
         )
     }
 
@@ -430,14 +460,6 @@ impl Cluster {
                     .map_or("the current user", |a| a.name.as_str())
             )
         })?;
-        // Loopback only: nothing outside this machine can reach the lab's database.
-        self.write_owned(
-            "pg_hba.conf",
-            "# Written by syscall-lab: trust loopback, nothing else.\n\
-             local all all trust\n\
-             host  all all 127.0.0.1/32 trust\n\
-             host  all all ::1/128 trust\n",
-        )?;
         let mut conf = OpenOptions::new()
             .append(true)
             .open(dir.join("postgresql.conf"))?;
@@ -446,13 +468,26 @@ impl Cluster {
     }
 
     fn write_config(&self) -> Result<()> {
+        // Loopback, and the lab's own namespace link when it has one: nothing outside
+        // this machine can reach the lab's database.
+        let mut hba = String::from(
+            "# Written by syscall-lab (rewritten by every `lab db up`): trust loopback\n\
+             # and the networks the lab made itself, nothing else.\n\
+             local all all trust\n\
+             host  all all 127.0.0.1/32 trust\n\
+             host  all all ::1/128 trust\n",
+        );
+        for net in &self.config.trusted {
+            hba.push_str(&format!("host  all all {net} trust\n"));
+        }
+        self.write_owned("pg_hba.conf", &hba)?;
         let preload = if self.binaries.has_pg_stat_statements() {
             "shared_preload_libraries = 'pg_stat_statements'\npg_stat_statements.track = all\n"
         } else {
             ""
         };
         let text = format!(
-            "listen_addresses = '127.0.0.1'\n\
+            "listen_addresses = '{listen}'\n\
              port = {port}\n\
              unix_socket_directories = '{dir}'\n\
              max_connections = 300\n\
@@ -460,6 +495,7 @@ impl Cluster {
              # As TechEmpower runs it: commits do not wait for the WAL flush.\n\
              synchronous_commit = off\n\
              {preload}",
+            listen = self.config.listen,
             port = self.config.port,
             dir = self.config.data_dir.display(),
         );
@@ -491,8 +527,8 @@ impl Cluster {
             let tail: Vec<&str> = tail.lines().rev().take(15).collect();
             let tail: Vec<&str> = tail.into_iter().rev().collect();
             bail!(
-                "PostgreSQL did not start on 127.0.0.1:{} ({}):\n{}\n--- {} (last lines) ---\n{}",
-                self.config.port,
+                "PostgreSQL did not start on {} ({}):\n{}\n--- {} (last lines) ---\n{}",
+                SocketAddr::new(self.config.listen, self.config.port),
                 out.status,
                 String::from_utf8_lossy(&out.stderr).trim(),
                 log.display(),
@@ -557,7 +593,7 @@ fn create_traversable_dir(dir: &Path) -> Result<()> {
 /// applies migrations and seeds.
 async fn prepare_database(config: &ClusterConfig) -> Result<()> {
     let admin = PgConnectOptions::new()
-        .host("127.0.0.1")
+        .host(&config.listen.to_string())
         .port(config.port)
         .username("postgres")
         .database("postgres")
@@ -570,7 +606,12 @@ async fn prepare_database(config: &ClusterConfig) -> Result<()> {
                 let _ = e;
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            Err(e) => return Err(e).context(format!("connecting to 127.0.0.1:{}", config.port)),
+            Err(e) => {
+                return Err(e).context(format!(
+                    "connecting to {}",
+                    SocketAddr::new(config.listen, config.port)
+                ))
+            }
         }
     };
     let role_exists: bool =

@@ -36,6 +36,9 @@ enum Command {
     Compare(lab::compare_cmd::CompareArgs),
     /// What single system calls cost on this machine (ns per call), and how many each makes.
     Syscost(lab::syscost::SyscostArgs),
+    /// The network namespaces of `lab run --hosts separate`: remove them, show them.
+    #[command(subcommand)]
+    Net(lab::net::cmd::NetCommand),
     /// Run a workshop exercise: its before and after, the comparison, the expected effect.
     Workshop(lab::workshop::WorkshopArgs),
     /// Check the Grafana dashboards against a Prometheus: every query returns data for
@@ -54,6 +57,7 @@ fn main() -> ExitCode {
         Command::Syscost(args) => lab::syscost::run(args),
         Command::Workshop(args) => lab::workshop::run(args),
         Command::Dashboards(args) => lab::dashboards::run(args),
+        Command::Net(cmd) => lab::net::cmd::run(cmd),
     };
     match result {
         Ok(code) => code,

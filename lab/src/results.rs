@@ -8,8 +8,10 @@ use serde::{Deserialize, Serialize};
 
 pub const SCHEMA: &str = "syscall-lab/run";
 /// Version 2 added `cpu_profile` and `config.flamegraph_s`; version 1 files read as
-/// runs without a profiling phase.
-pub const SCHEMA_VERSION: u32 = 2;
+/// runs without a profiling phase. Version 3 added `topology` and `config.hosts`,
+/// `config.db_latency_ms`, `config.client_latency_ms`, `config.jitter_ms`; older files read
+/// as runs on one host.
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// The oldest version [`Run::load`] reads.
 pub const OLDEST_SCHEMA_VERSION: u32 = 1;
@@ -38,7 +40,59 @@ pub struct Run {
     pub finished_unix_s: f64,
     pub environment: Environment,
     pub config: RunConfig,
+    /// `--hosts separate`: the hosts and links the run used; None when everything ran on
+    /// this host's loopback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topology: Option<Topology>,
     pub variants: Vec<VariantResult>,
+}
+
+/// The separate hosts of `lab run --hosts separate`: network namespaces on this machine,
+/// joined by veth pairs (docs/hosts.md).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Topology {
+    /// The address range the hosts use (CIDR); it exists only inside the namespaces.
+    pub subnet: String,
+    pub hosts: Vec<NetHost>,
+    pub links: Vec<NetLink>,
+}
+
+/// One host: a network namespace of its own.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct NetHost {
+    /// `client` (the load generator), `server` or `db` (PostgreSQL).
+    pub role: String,
+    pub namespace: String,
+    pub addresses: Vec<String>,
+}
+
+/// A link between two hosts, and what it was measured to take.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct NetLink {
+    /// `client-server` or `server-db`.
+    pub name: String,
+    /// The address of each end.
+    pub from: String,
+    pub to: String,
+    /// Round trip added on purpose (ms; half of it each way), 0 for none.
+    pub added_rtt_ms: f64,
+    /// Each frame's one-way delay varies uniformly by up to this much (ms).
+    pub jitter_ms: f64,
+    /// How the latency was made: `none` (a plain veth pair), `netem` (the kernel's qdisc
+    /// on both ends), or `forwarder` (the lab's delaying forwarder in the `wire` namespace).
+    pub delay: String,
+    /// The round trip the lab saw on this link before the load started.
+    pub measured: LinkProbe,
+}
+
+/// A link's round trip, measured from the client end (ms).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct LinkProbe {
+    /// TCP connect: SYN to SYN-ACK, answered by the far kernel.
+    pub connect_ms: Spread,
+    /// A one-byte request and its echo over one connection.
+    pub echo_rtt_ms: Spread,
+    pub samples: u32,
 }
 
 /// Where the run happened.
@@ -92,6 +146,21 @@ pub struct RunConfig {
     /// Extra flags every server got (a workshop's knob).
     #[serde(default)]
     pub server_args: Vec<String>,
+    /// `same` (everything on this host's loopback) or `separate` (network namespaces).
+    #[serde(default = "same_host")]
+    pub hosts: String,
+    /// Round trip added between server and database, and between load generator and
+    /// server (ms; half each way).
+    #[serde(default)]
+    pub db_latency_ms: f64,
+    #[serde(default)]
+    pub client_latency_ms: f64,
+    #[serde(default)]
+    pub jitter_ms: f64,
+}
+
+fn same_host() -> String {
+    "same".into()
 }
 
 /// One variant across every round.

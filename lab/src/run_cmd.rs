@@ -126,6 +126,8 @@ pub struct RunArgs {
     /// Also write run.json to FILE (`-` for standard output).
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
+    #[command(flatten)]
+    pub hosts: crate::net::HostArgs,
     /// Flags given to every server (after `--`), e.g. `-- --pool-size 4`.
     #[arg(last = true, value_name = "SERVER_ARGS")]
     pub server_args: Vec<String>,
@@ -264,14 +266,21 @@ pub fn execute(args: &RunArgs) -> Result<Run> {
     std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
     let server = sibling_binary("server")?;
 
-    let database = db::Database::from_env();
-    eprintln!(
-        "lab run: preparing the database ({})",
-        db::redact(&database.url())
-    );
-    let url = database.ensure_ready()?;
-
     let mut notes = Vec::new();
+    // --hosts separate: the hosts and links first (the database runs on one of them).
+    let network = crate::net::start_for_run(args, &mut notes)?;
+    let url = match &network {
+        Some(network) => network.start_database()?,
+        None => {
+            let database = db::Database::from_env();
+            eprintln!(
+                "lab run: preparing the database ({})",
+                db::redact(&database.url())
+            );
+            database.ensure_ready()?
+        }
+    };
+
     let backend = match args.tracer {
         TracerChoice::Off => None,
         TracerChoice::Ebpf => {
@@ -321,12 +330,24 @@ pub fn execute(args: &RunArgs) -> Result<Run> {
         flamegraph: args.flamegraph.is_some(),
         flamegraph_s: args.flamegraph.unwrap_or(0),
         server_args: args.server_args.clone(),
+        hosts: args.hosts.hosts.name().to_string(),
+        db_latency_ms: crate::net::HostArgs::millis(args.hosts.db_latency),
+        client_latency_ms: crate::net::HostArgs::millis(args.hosts.client_latency),
+        jitter_ms: crate::net::HostArgs::millis(args.hosts.jitter),
+    };
+    let postgres = {
+        // The server's view of the database.
+        let _server_host = network
+            .as_ref()
+            .map(|n| n.enter(crate::net::Host::Server))
+            .transpose()?;
+        postgres_version(&url)
     };
     let environment = Environment {
         pinning: placement.describe(),
         tracer_backend: config.tracer.clone(),
         notes,
-        postgres: postgres_version(&url),
+        postgres,
         ..environment()
     };
 
@@ -375,6 +396,7 @@ pub fn execute(args: &RunArgs) -> Result<Run> {
                 progress: &progress,
                 label: format!("{} · round {}/{}", result.variant, round + 1, args.repeat),
                 exported: exported.as_ref(),
+                network: network.as_ref(),
             };
             let profiled = if last_round {
                 args.flamegraph.map(|seconds| ProfileRequest {
@@ -403,6 +425,8 @@ pub fn execute(args: &RunArgs) -> Result<Run> {
     for result in &mut results {
         result.summary = Summary::of(&result.rounds);
     }
+    let mut environment = environment;
+    let topology = network.map(|n| crate::net::finish_for_run(n, &mut environment.notes));
     let run = Run {
         schema: SCHEMA.to_string(),
         schema_version: SCHEMA_VERSION,
@@ -411,6 +435,7 @@ pub fn execute(args: &RunArgs) -> Result<Run> {
         finished_unix_s: unix_now(),
         environment,
         config,
+        topology,
         variants: results,
     };
     let text = serde_json::to_string_pretty(&run)?;
@@ -453,6 +478,9 @@ struct Step<'a> {
     label: String,
     /// The profile the `--export` exporter serves.
     exported: Option<&'a tracer::exporter::Latest>,
+    /// `--hosts separate`: the server starts in its namespace, and everything that talks
+    /// to it (load, /metrics, profiles) from the client's.
+    network: Option<&'a crate::net::Network>,
 }
 
 impl Step<'_> {
@@ -476,7 +504,22 @@ impl Step<'_> {
         options.log = self.args.log.clone();
         options.log_file = Some(log_file.clone());
         options.extra_args = self.args.server_args.clone();
-        let mut server = ServerProcess::start(self.server, &options).map_err(|e| Failure {
+        let in_namespace = |host| {
+            self.network
+                .map(|n| n.enter(host))
+                .transpose()
+                .map_err(|e| Failure::new(format!("{e:#}"), None))
+        };
+        let server_host = in_namespace(crate::net::Host::Server)?;
+        if let Some(network) = self.network {
+            options.listen = std::net::SocketAddr::new(network.plan.server_address().into(), 0);
+        }
+        let started = ServerProcess::start(self.server, &options);
+        drop(server_host);
+        // From here on this thread, and the load generator's threads it starts, are the
+        // client host.
+        let _client_host = in_namespace(crate::net::Host::Client)?;
+        let mut server = started.map_err(|e| Failure {
             reason: format!(
                 "did not start: {}",
                 e.to_string().lines().next().unwrap_or_default()

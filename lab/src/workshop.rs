@@ -128,6 +128,7 @@ impl Setup {
             flamegraph: None,
             out: settings.out.clone(),
             json: None,
+            hosts: crate::net::HostArgs::default(),
             server_args: self.server_args.iter().map(|s| s.to_string()).collect(),
         }
     }
