@@ -25,6 +25,12 @@ pub fn render(run: &Run) -> String {
         run.config.tracer,
         run.config.log
     );
+    if let Some(t) = &run.topology {
+        let _ = writeln!(out, "separate hosts ({}):", t.subnet);
+        for link in &t.links {
+            let _ = writeln!(out, "  {}", crate::net::describe_link(link));
+        }
+    }
     let _ = writeln!(
         out,
         "\n{:<20} {:>10} {:>9} {:>9} {:>10} {:>11} {:>9} {:>8} {:>8}",

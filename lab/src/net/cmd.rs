@@ -49,8 +49,8 @@ pub fn run(cmd: NetCommand) -> Result<ExitCode> {
                     println!("  qdisc  {q}");
                 }
                 for pid in ns::pids(&name) {
-                    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                        .unwrap_or_default();
+                    let comm =
+                        std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
                     println!("  pid    {pid} {}", comm.trim());
                 }
             }

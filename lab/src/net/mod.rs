@@ -280,9 +280,14 @@ impl Plan {
         format!("{}/24", self.address(link.octet, 0))
     }
 
-    /// The near end's address is .2, the far end's .1 (the far end serves).
+    /// The addresses of the near and far end: the server is .1 on both links, the
+    /// client and PostgreSQL are .2.
     fn ends(&self, link: &LinkPlan) -> (Ipv4Addr, Ipv4Addr) {
-        (self.address(link.octet, 2), self.address(link.octet, 1))
+        let of = |host| if host == Host::Server { 1 } else { 2 };
+        (
+            self.address(link.octet, of(link.near)),
+            self.address(link.octet, of(link.far)),
+        )
     }
 
     /// The server's address on the client link: where the load goes.
@@ -448,7 +453,15 @@ impl Network {
                 (&near_ns, l.near_if, near_addr),
                 (&far_ns, l.far_if, far_addr),
             ] {
-                ns::ip(&["-n", ns_name, "addr", "add", &format!("{addr}/24"), "dev", dev])?;
+                ns::ip(&[
+                    "-n",
+                    ns_name,
+                    "addr",
+                    "add",
+                    &format!("{addr}/24"),
+                    "dev",
+                    dev,
+                ])?;
                 ns::ip(&["-n", ns_name, "link", "set", dev, "up"])?;
             }
             links.push(NetLink {
@@ -487,14 +500,18 @@ impl Network {
         };
         self.topology = Topology {
             subnet: plan.subnet(),
-            hosts: [(Host::Client, "client"), (Host::Server, "server"), (Host::Db, "db")]
-                .into_iter()
-                .map(|(h, role)| NetHost {
-                    role: role.into(),
-                    namespace: plan.host_namespace(h),
-                    addresses: addresses(h),
-                })
-                .collect(),
+            hosts: [
+                (Host::Client, "client"),
+                (Host::Server, "server"),
+                (Host::Db, "db"),
+            ]
+            .into_iter()
+            .map(|(h, role)| NetHost {
+                role: role.into(),
+                namespace: plan.host_namespace(h),
+                addresses: addresses(h),
+            })
+            .collect(),
             links,
         };
         Ok(())
@@ -516,11 +533,12 @@ impl Network {
     }
 
     /// The lab's PostgreSQL on the database host: the data directory of `lab db up`
-    /// (`LAB_PGDATA`) with `-hosts` appended, listening on the database address and
+    /// (`LAB_PGDATA`) with `-<prefix>-db` appended (a cluster per prefix, so that two labs
+    /// with different prefixes never share one), listening on the database address and
     /// trusting the database link.
     pub fn database(&self) -> db::ClusterConfig {
         db::ClusterConfig::standard().on_network(
-            "-hosts",
+            &format!("-{}", self.plan.host_namespace(Host::Db)),
             self.plan.db_address().into(),
             &self.plan.db_link_cidr(),
         )
@@ -628,7 +646,11 @@ pub fn start_for_run(
         eprintln!("lab run: {}", describe_link(link));
     }
     if options.delay == DelayChoice::Auto
-        && network.topology.links.iter().any(|l| l.delay == "forwarder")
+        && network
+            .topology
+            .links
+            .iter()
+            .any(|l| l.delay == "forwarder")
     {
         notes.push(
             "this kernel has no netem: the added latency comes from the lab's delaying \
@@ -647,7 +669,10 @@ pub fn describe_link(link: &NetLink) -> String {
         } else {
             String::new()
         };
-        format!("+{} ms round trip{jitter} ({})", link.added_rtt_ms, link.delay)
+        format!(
+            "+{} ms round trip{jitter} ({})",
+            link.added_rtt_ms, link.delay
+        )
     } else {
         "no added latency".into()
     };
@@ -686,8 +711,8 @@ fn latency_of(options: &NetOptions, link: &LinkPlan) -> Duration {
 /// A veth pair whose ends are made directly inside the two namespaces.
 fn veth(ns_a: &str, if_a: &str, ns_b: &str, if_b: &str) -> Result<()> {
     ns::ip(&[
-        "link", "add", "name", if_a, "netns", ns_a, "type", "veth", "peer", "name", if_b,
-        "netns", ns_b,
+        "link", "add", "name", if_a, "netns", ns_a, "type", "veth", "peer", "name", if_b, "netns",
+        ns_b,
     ])
     .map(drop)
 }
@@ -767,33 +792,66 @@ fn route_conflict(routes_json: &str, addresses: &[Ipv4Addr]) -> Option<String> {
     None
 }
 
-/// One thread for the whole process takes SIGINT, SIGTERM and SIGHUP: it removes the
-/// network that is up, then exits as a signal would (128 + its number). The signals are
-/// blocked in the calling thread, and so in every thread it starts later (the load
-/// generator's, the tracer's); children get an empty mask (std resets it).
+/// The write end of the pipe the signal handler writes to.
+static SIGNAL_PIPE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+extern "C" fn on_signal(signal: libc::c_int) {
+    let byte = signal as u8;
+    // SAFETY: write(2) is async-signal-safe; a failed write loses nothing worse than the
+    // clean-up, which the next run or `lab net down` does.
+    unsafe {
+        libc::write(
+            SIGNAL_PIPE.load(std::sync::atomic::Ordering::Relaxed),
+            (&byte as *const u8).cast(),
+            1,
+        )
+    };
+}
+
+/// SIGINT, SIGTERM and SIGHUP get a handler that wakes one thread: it removes the network
+/// that is up, then exits as the signal would have (128 + its number). A handler rather
+/// than a blocked mask, because a blocked mask is inherited by the server and PostgreSQL
+/// (std does not reset it), while a handler is reset by exec.
 fn watch_signals() {
-    use nix::sys::signal::{SigSet, Signal};
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
     static STARTED: std::sync::Once = std::sync::Once::new();
-    let mut set = SigSet::empty();
-    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
-        set.add(s);
-    }
-    let _ = set.thread_block();
     STARTED.call_once(|| {
-        let _ = std::thread::Builder::new()
+        let Ok((read, write)) = nix::unistd::pipe() else {
+            return;
+        };
+        SIGNAL_PIPE.store(
+            std::os::fd::IntoRawFd::into_raw_fd(write),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        let spawned = std::thread::Builder::new()
             .name("lab-signals".into())
             .spawn(move || {
-                let Ok(signal) = set.wait() else { return };
+                let mut byte = [0u8; 1];
+                if nix::unistd::read(&read, &mut byte) != Ok(1) {
+                    return;
+                }
                 let plan = ACTIVE.lock().unwrap_or_else(|e| e.into_inner()).take();
                 if let Some(plan) = plan {
                     eprintln!(
-                        "\nlab: {signal:?}: removing the namespaces {}-* before exiting",
-                        plan.prefix
+                        "\nlab: signal {}: removing the namespaces {}-* before exiting",
+                        byte[0], plan.prefix
                     );
                     teardown(&plan);
                 }
-                std::process::exit(128 + signal as i32);
+                std::process::exit(128 + i32::from(byte[0]));
             });
+        if spawned.is_err() {
+            return;
+        }
+        let action = SigAction::new(
+            SigHandler::Handler(on_signal),
+            SaFlags::SA_RESTART,
+            SigSet::empty(),
+        );
+        for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+            // SAFETY: the handler only calls write(2).
+            let _ = unsafe { sigaction(s, &action) };
+        }
     });
 }
 
@@ -814,7 +872,10 @@ mod tests {
         assert_eq!(p.server_address(), Ipv4Addr::new(198, 18, 1, 1));
         assert_eq!(p.db_address(), Ipv4Addr::new(198, 18, 2, 2));
         assert_eq!(p.db_link_cidr(), "198.18.2.0/24");
-        assert_eq!(p.namespaces(), ["lab-client", "lab-server", "lab-db", "lab-wire"]);
+        assert_eq!(
+            p.namespaces(),
+            ["lab-client", "lab-server", "lab-db", "lab-wire"]
+        );
     }
 
     #[test]

@@ -140,7 +140,12 @@ fn comm(pid: u32) -> String {
 fn parent(pid: u32) -> Option<u32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The fields after the parenthesised name (which may hold spaces): state, ppid.
-    stat.rsplit_once(") ")?.1.split_whitespace().nth(1)?.parse().ok()
+    stat.rsplit_once(") ")?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 /// Ends every process left in the named namespace (a server or a PostgreSQL that a killed

@@ -233,7 +233,9 @@ fn forward(sockets: &[OwnedFd; 2], delay: Delay, stop: &AtomicBool, counters: &C
             .iter()
             .filter_map(|q| q.front().map(|h| h.release))
             .min();
-        let wait = next.map_or(IDLE_WAIT, |t| t.saturating_duration_since(now).min(IDLE_WAIT));
+        let wait = next.map_or(IDLE_WAIT, |t| {
+            t.saturating_duration_since(now).min(IDLE_WAIT)
+        });
         let mut fds = [0, 1].map(|i| libc::pollfd {
             fd: sockets[i].as_raw_fd(),
             events: libc::POLLIN,

@@ -274,6 +274,18 @@ fn header(o: &mut String, run: &Run, views: &[View]) {
             .join(" "),
         if failed > 0 { format!(" — <strong class=\"bad\">{failed} failed</strong>") } else { String::new() },
     );
+    if let Some(t) = &run.topology {
+        let _ = writeln!(
+            o,
+            "<p class=\"lede\">Separate hosts (network namespaces in {}): {}</p>",
+            esc(&t.subnet),
+            t.links
+                .iter()
+                .map(|l| esc(&crate::net::describe_link(l)))
+                .collect::<Vec<_>>()
+                .join(" · ")
+        );
+    }
     o.push_str(
         "<nav><a href=\"#glance\">At a glance</a><a href=\"#throughput\">Throughput</a><a href=\"#latency\">Latency</a>\
          <a href=\"#syscalls\">Syscalls</a><a href=\"#offcpu\">Off-CPU</a><a href=\"#calls\">Per syscall</a>",
@@ -917,6 +929,17 @@ fn configuration(o: &mut String, run: &Run) {
             "Extra server flags",
             format!("<code>{}</code>", esc(&c.server_args.join(" "))),
         ));
+    }
+    if let Some(t) = &run.topology {
+        let hosts: Vec<String> = t
+            .hosts
+            .iter()
+            .map(|h| format!("{} ({}, {})", h.role, h.namespace, h.addresses.join(", ")))
+            .collect();
+        rows.push(("Hosts", esc(&hosts.join("; "))));
+        for l in &t.links {
+            rows.push(("Link", esc(&crate::net::describe_link(l))));
+        }
     }
     if let Some(l) = load {
         rows.push((
