@@ -113,7 +113,9 @@ pub fn sysctl(name: &str, key: &str, value: &str) -> Result<()> {
         .with_context(|| format!("setting {key}={value} in network namespace {name}"))
 }
 
-/// The processes whose network namespace is the named one (what `ip netns pids` shows).
+/// The processes whose network namespace is the named one (what `ip netns pids` shows),
+/// this process excepted: its main thread may be inside (the load generator's side) while
+/// it tears the namespaces down.
 pub fn pids(name: &str) -> Vec<u32> {
     let Ok(ns) = std::fs::metadata(path(name)) else {
         return Vec::new();
@@ -123,6 +125,7 @@ pub fn pids(name: &str) -> Vec<u32> {
         .flatten()
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| pid != std::process::id())
         .filter(|pid| {
             std::fs::metadata(format!("/proc/{pid}/ns/net"))
                 .is_ok_and(|m| m.ino() == ns.ino() && m.dev() == ns.dev())
