@@ -11,6 +11,8 @@
 //! Every expectation is about counts per request (syscalls, ring operations, calls by
 //! name), never about time: counts are stable from run to run, times are not.
 
+mod distance;
+
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -309,6 +311,9 @@ pub enum Plan {
         after: Setup,
         expect: &'static [Expectation],
     },
+    /// `lab run --hosts separate` with the database at several distances, then each
+    /// variant's knob at the farthest ([`distance`]).
+    Distance(distance::DistancePlan),
 }
 
 /// One exercise.
@@ -630,6 +635,36 @@ pub const EXERCISES: &[Exercise] = &[
             ],
         },
     },
+    Exercise {
+        number: 16,
+        slug: "database-distance",
+        title: "The database 2 ms away",
+        knob: "lab run --hosts separate --db-latency 0 → 0.5 → 2ms; then server --pool-size 32 (thread-pool), --db-client pipelined (epoll)",
+        plan: Plan::Distance(distance::DistancePlan {
+            setup: Setup {
+                workload: Workload::Db,
+                queries: 20,
+                connections: 32,
+                ..Setup::base("--hosts separate")
+            },
+            variants: &["thread-pool", "epoll"],
+            workloads: &[Workload::Db, Workload::Queries],
+            distances_ms: &[0.0, 0.5, 2.0],
+            // Far away, a request holds its pooled connection (and, blocking, its thread)
+            // for 20 round trips: more connections, or one connection whose queries are
+            // all in flight at once.
+            knobs: &[
+                distance::Knob {
+                    variant: "thread-pool",
+                    server_args: &["--pool-size", "32"],
+                },
+                distance::Knob {
+                    variant: "epoll",
+                    server_args: &["--db-client", "pipelined"],
+                },
+            ],
+        }),
+    },
 ];
 
 pub fn exercise(number: u32) -> Result<&'static Exercise> {
@@ -682,6 +717,9 @@ pub struct Outcome {
     pub after: Option<Run>,
     pub comparison: Option<Comparison>,
     pub syscost: Option<Syscost>,
+    /// The database-distance exercise's table.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub distance: Option<distance::DistanceReport>,
     pub checks: Vec<Check>,
 }
 
@@ -757,6 +795,20 @@ pub fn run_exercise(number: u32, settings: &Settings) -> Result<Outcome> {
                 after: None,
                 comparison: None,
                 syscost: Some(s),
+                distance: None,
+                checks,
+            })
+        }
+        Plan::Distance(plan) => {
+            let (report, checks) = distance::run(&plan, settings)?;
+            Ok(Outcome {
+                number,
+                title: ex.title.into(),
+                before: None,
+                after: None,
+                comparison: None,
+                syscost: None,
+                distance: Some(report),
                 checks,
             })
         }
@@ -806,6 +858,7 @@ pub fn run_exercise(number: u32, settings: &Settings) -> Result<Outcome> {
                 after: Some(a),
                 comparison: Some(comparison),
                 syscost: None,
+                distance: None,
                 checks,
             })
         }
@@ -861,11 +914,20 @@ pub fn list() -> String {
     for e in EXERCISES {
         let _ = writeln!(out, "{:>2}  {:<52} {}", e.number, e.title, e.doc());
         let _ = writeln!(out, "    knob: {}", e.knob);
-        if let Plan::BeforeAfter { before, after, .. } = e.plan {
-            let _ = writeln!(out, "    before: {}", before.command());
-            let _ = writeln!(out, "    after:  {}", after.command());
-        } else {
-            let _ = writeln!(out, "    lab syscost --verify");
+        match e.plan {
+            Plan::BeforeAfter { before, after, .. } => {
+                let _ = writeln!(out, "    before: {}", before.command());
+                let _ = writeln!(out, "    after:  {}", after.command());
+            }
+            Plan::Distance(_) => {
+                let _ = writeln!(
+                    out,
+                    "    lab run --hosts separate --variants thread-pool,epoll --workload db|queries -c 32 --db-latency 0|0.5ms|2ms"
+                );
+            }
+            Plan::Syscost => {
+                let _ = writeln!(out, "    lab syscost --verify");
+            }
         }
     }
     out
@@ -890,6 +952,9 @@ pub fn run(args: WorkshopArgs) -> Result<ExitCode> {
     let outcome = run_exercise(number, &settings)?;
     if let Some(s) = &outcome.syscost {
         print!("{}", crate::syscost::render(s));
+    }
+    if let Some(d) = &outcome.distance {
+        print!("{}", distance::render(d));
     }
     if let Some(c) = &outcome.comparison {
         if let Plan::BeforeAfter { before, after, .. } = ex.plan {
