@@ -639,7 +639,7 @@ pub const EXERCISES: &[Exercise] = &[
         number: 16,
         slug: "database-distance",
         title: "The database 2 ms away",
-        knob: "lab run --hosts separate --db-latency 0 → 0.5 → 2ms; then server --pool-size 32 (thread-pool), --db-client pipelined (epoll)",
+        knob: "lab run --hosts separate --db-latency 0 → 0.5 → 2ms; then epoll with server --pool-size 32, or --db-client pipelined",
         plan: Plan::Distance(distance::DistancePlan {
             setup: Setup {
                 workload: Workload::Db,
@@ -650,12 +650,13 @@ pub const EXERCISES: &[Exercise] = &[
             variants: &["thread-pool", "epoll"],
             workloads: &[Workload::Db, Workload::Queries],
             distances_ms: &[0.0, 0.5, 2.0],
-            // Far away, a request holds its pooled connection (and, blocking, its thread)
-            // for 20 round trips: more connections, or one connection whose queries are
-            // all in flight at once.
+            // Far away, an epoll request holds one of sqlx's pooled connections (4 per
+            // CPU the server may use) for 20 round trips: more connections, or one
+            // connection per thread whose queries are all in flight at once. thread-pool
+            // needs no knob: each of its 128 workers has a connection of its own.
             knobs: &[
                 distance::Knob {
-                    variant: "thread-pool",
+                    variant: "epoll",
                     server_args: &["--pool-size", "32"],
                 },
                 distance::Knob {

@@ -135,3 +135,10 @@ fn exercise_14_strace() {
 fn exercise_15_runtime_per_core() {
     check(15);
 }
+
+/// Separate hosts (network namespaces, the delaying forwarder on this kernel): the
+/// database 0, 0.5 and 2 ms away. Needs root for the namespaces as well.
+#[test]
+fn exercise_16_database_distance() {
+    check(16);
+}
