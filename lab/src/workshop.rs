@@ -725,6 +725,20 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// An exercise's checks, with nothing else recorded yet.
+    fn of(ex: &Exercise, checks: Vec<Check>) -> Outcome {
+        Outcome {
+            number: ex.number,
+            title: ex.title.into(),
+            before: None,
+            after: None,
+            comparison: None,
+            syscost: None,
+            distance: None,
+            checks,
+        }
+    }
+
     pub fn passed(&self) -> bool {
         !self.checks.is_empty() && self.checks.iter().all(|c| c.pass)
     }
@@ -790,27 +804,15 @@ pub fn run_exercise(number: u32, settings: &Settings) -> Result<Outcome> {
                 });
             }
             Ok(Outcome {
-                number,
-                title: ex.title.into(),
-                before: None,
-                after: None,
-                comparison: None,
                 syscost: Some(s),
-                distance: None,
-                checks,
+                ..Outcome::of(ex, checks)
             })
         }
         Plan::Distance(plan) => {
             let (report, checks) = distance::run(&plan, settings)?;
             Ok(Outcome {
-                number,
-                title: ex.title.into(),
-                before: None,
-                after: None,
-                comparison: None,
-                syscost: None,
                 distance: Some(report),
-                checks,
+                ..Outcome::of(ex, checks)
             })
         }
         Plan::BeforeAfter {
@@ -853,14 +855,10 @@ pub fn run_exercise(number: u32, settings: &Settings) -> Result<Outcome> {
                 })
                 .collect();
             Ok(Outcome {
-                number,
-                title: ex.title.into(),
                 before: Some(b),
                 after: Some(a),
                 comparison: Some(comparison),
-                syscost: None,
-                distance: None,
-                checks,
+                ..Outcome::of(ex, checks)
             })
         }
     }
