@@ -225,22 +225,31 @@ fn checks(plan: &DistancePlan, rows: &[Row], last: Workload, farthest: f64) -> V
         else {
             continue;
         };
-        // A request waits for q round trips one after another: far away, the defaults
-        // serve a fraction of what they did next to the database.
-        checks.push(Check {
-            what: format!("{variant} /{}: req/s", last.name()),
-            rule: format!("{near_d} → {farthest} ms: after ≤ before / 2"),
-            before: near.requests_per_s,
-            after: far.requests_per_s,
-            pass: far.requests_per_s <= near.requests_per_s / 2.0,
-        });
         kept.push((variant, far.requests_per_s / near.requests_per_s.max(1e-9)));
-        for knob in rows.iter().filter(|r| {
-            r.workload == last.name()
-                && r.variant == variant
-                && r.distance_ms == farthest
-                && !r.knob.is_empty()
-        }) {
+        let knobs: Vec<&Row> = rows
+            .iter()
+            .filter(|r| {
+                r.workload == last.name()
+                    && r.variant == variant
+                    && r.distance_ms == farthest
+                    && !r.knob.is_empty()
+            })
+            .collect();
+        // A variant with a knob is one whose defaults lack the concurrency Little's law
+        // asks for far away (epoll: 4 pooled connections for 20 round trips a request, at
+        // most ~4 / (20 × R) requests/s): it serves a fraction of what it did next to the
+        // database. (thread-pool's capacity, 32 connections / (20 × R), is above what a
+        // CPU-starved machine serves at 0 ms, so its drop is not checked.)
+        if !knobs.is_empty() {
+            checks.push(Check {
+                what: format!("{variant} /{}: req/s", last.name()),
+                rule: format!("{near_d} → {farthest} ms: after ≤ before / 2"),
+                before: near.requests_per_s,
+                after: far.requests_per_s,
+                pass: far.requests_per_s <= near.requests_per_s / 2.0,
+            });
+        }
+        for knob in knobs {
             checks.push(Check {
                 what: format!("{variant} {}: req/s", knob.knob),
                 rule: format!("at {farthest} ms: knob ≥ 2 × defaults"),
