@@ -4,7 +4,8 @@
 //! listens on 127.0.0.1 only, on a port that is not 5432, trusts loopback connections only
 //! (for `lab run --hosts separate`: listens on the database host's address inside the lab's
 //! network namespace and trusts that link's subnet too, [`ClusterConfig::on_network`]),
-//! and preloads `pg_stat_statements` when the server has it. PostgreSQL refuses to run as
+//! and preloads `pg_stat_statements` when the installation has it ([`QueryCounting`] says
+//! whether it does, and what to install when not). PostgreSQL refuses to run as
 //! root, so when the lab runs as root every PostgreSQL program is started as an
 //! unprivileged account (`postgres` if it exists, else a `syscall-lab` system account that
 //! is created on first use).
@@ -24,7 +25,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use nix::fcntl::{Flock, FlockArg};
 use nix::unistd::{Uid, User};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection, PgConnection};
 
 use crate::schema;
@@ -125,8 +126,19 @@ impl ClusterConfig {
     }
 
     fn lock_path(&self) -> PathBuf {
+        self.beside(".lock")
+    }
+
+    /// The file whose shared locks count the processes using the cluster
+    /// ([`crate::last_user`]).
+    pub(crate) fn users_path(&self) -> PathBuf {
+        self.beside(".users")
+    }
+
+    /// `<data_dir><suffix>`, next to the data directory.
+    fn beside(&self, suffix: &str) -> PathBuf {
         let mut name = self.data_dir.file_name().unwrap_or_default().to_os_string();
-        name.push(".lock");
+        name.push(suffix);
         self.data_dir.with_file_name(name)
     }
 }
@@ -141,7 +153,10 @@ fn env_port(name: &str) -> Option<u16> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
 }
 
-/// The directory holding `initdb`, `pg_ctl` and `postgres`.
+/// The directory holding `initdb`, `pg_ctl` and `postgres`: the installation's own, with
+/// symlinks resolved (`/usr/local/bin/postgres -> /usr/lib/postgresql/15/bin/postgres`,
+/// as several distributions and Homebrew lay them out), so that its `pg_config` and
+/// modules are found beside it.
 #[derive(Debug, Clone)]
 pub struct PgBinaries {
     pub bindir: PathBuf,
@@ -181,33 +196,98 @@ impl PgBinaries {
             .collect();
         versioned.sort_by_key(|v| std::cmp::Reverse(v.0));
         candidates.extend(versioned.into_iter().map(|(_, dir)| dir));
-        candidates
+        let found = candidates
             .into_iter()
             .find(|dir| has_all(dir))
-            .map(|bindir| PgBinaries { bindir })
-            .context(MISSING_BINARIES)
+            .context(MISSING_BINARIES)?;
+        // A folder of symlinks: the installation is where `postgres` really lives.
+        let bindir = fs::canonicalize(found.join("postgres"))
+            .ok()
+            .and_then(|p| p.parent().map(Path::to_path_buf))
+            .filter(|dir| has_all(dir))
+            .unwrap_or(found);
+        Ok(PgBinaries { bindir })
     }
 
     fn program(&self, name: &str) -> PathBuf {
         self.bindir.join(name)
     }
 
-    /// Directory of loadable modules (`pg_stat_statements.so` lives there).
-    fn pkglibdir(&self) -> Option<PathBuf> {
-        let out = Command::new(self.program("pg_config"))
+    /// Where this installation's loadable modules may be: what its own `pg_config
+    /// --pkglibdir` says, else `<prefix>/lib` (Debian's `/usr/lib/postgresql/<ver>/lib`)
+    /// and `<prefix>/lib/postgresql` (source and Homebrew installs).
+    fn pkglibdirs(&self) -> Vec<PathBuf> {
+        if let Ok(out) = Command::new(self.program("pg_config"))
             .arg("--pkglibdir")
             .output()
-            .ok()?;
-        if out.status.success() {
-            return Some(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()));
+        {
+            if out.status.success() {
+                return vec![PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())];
+            }
         }
-        // Debian's layout when the versioned pg_config is absent: <prefix>/<ver>/lib.
-        self.bindir.parent().map(|p| p.join("lib"))
+        self.bindir
+            .parent()
+            .map(|prefix| vec![prefix.join("lib"), prefix.join("lib/postgresql")])
+            .unwrap_or_default()
     }
 
-    fn has_pg_stat_statements(&self) -> bool {
-        self.pkglibdir()
-            .is_some_and(|d| d.join("pg_stat_statements.so").exists())
+    /// `pg_stat_statements.so` of this installation, or where it was looked for.
+    fn pg_stat_statements(&self) -> Result<PathBuf, Vec<PathBuf>> {
+        let dirs = self.pkglibdirs();
+        dirs.iter()
+            .map(|d| d.join("pg_stat_statements.so"))
+            .find(|m| m.exists())
+            .ok_or(dirs)
+    }
+}
+
+/// Whether PostgreSQL counts the queries it runs (`pg_stat_statements`, which
+/// verifiers such as TechEmpower's use to check the variants), for `lab db up` and
+/// `lab db status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueryCounting {
+    /// The module is installed.
+    pub available: bool,
+    /// The server loaded it at start and it is created in the benchmark database.
+    pub enabled: bool,
+    /// Why it is not enabled, and what to do.
+    pub reason: Option<String>,
+}
+
+/// What to install when pg_stat_statements is missing.
+pub const INSTALL_PG_STAT_STATEMENTS: &str =
+    "install PostgreSQL's contrib modules (Debian/Ubuntu: \
+`apt-get install postgresql-contrib` for PostgreSQL 14 and older; from PostgreSQL 15 on they \
+ship in the server package, postgresql-15)";
+
+impl QueryCounting {
+    /// From what a running server says; `restart` is how to restart it.
+    pub fn of_server(stats: &schema::StatementStats, restart: &str) -> QueryCounting {
+        let available = stats.installable || stats.preloaded;
+        let reason = if !available {
+            Some(format!("pg_stat_statements is not installed on the server: {INSTALL_PG_STAT_STATEMENTS}, then {restart}"))
+        } else if !stats.preloaded {
+            Some(format!(
+                "the server runs without pg_stat_statements in shared_preload_libraries: {restart}"
+            ))
+        } else if !stats.created {
+            Some("pg_stat_statements is loaded but not created in the database: `lab db up` creates it".to_string())
+        } else {
+            None
+        };
+        QueryCounting {
+            available,
+            enabled: reason.is_none(),
+            reason,
+        }
+    }
+
+    /// On or off, and why, in one line.
+    pub fn describe(&self) -> String {
+        match &self.reason {
+            None => "query counting (pg_stat_statements): on".to_string(),
+            Some(why) => format!("query counting (pg_stat_statements): OFF: {why}"),
+        }
     }
 }
 
@@ -272,6 +352,7 @@ pub struct Status {
     pub initialised: bool,
     pub pid: Option<u32>,
     pub contents: Option<schema::Contents>,
+    pub query_counting: QueryCounting,
 }
 
 /// A private cluster: its configuration, the PostgreSQL programs, and the account they
@@ -312,7 +393,49 @@ impl Cluster {
             UpOutcome::Started
         };
         block_on(prepare_database(&self.config))?;
+        if self.binaries.pg_stat_statements().is_ok() {
+            crate::with_pool(&self.config.url(), |pool| async move {
+                schema::create_statement_stats(&pool).await
+            })
+            .context("creating pg_stat_statements in the benchmark database")?;
+        }
         Ok(outcome)
+    }
+
+    /// Whether the cluster counts queries: the module installed, loaded by the running
+    /// server, created in the benchmark database; else why not and what to do.
+    pub fn query_counting(&self) -> QueryCounting {
+        if let Err(looked) = self.binaries.pg_stat_statements() {
+            let looked: Vec<String> = looked.iter().map(|d| d.display().to_string()).collect();
+            return QueryCounting {
+                available: false,
+                enabled: false,
+                reason: Some(format!(
+                    "pg_stat_statements.so is not installed beside the PostgreSQL in {} (looked in {}): {INSTALL_PG_STAT_STATEMENTS}, then `lab db down && lab db up`",
+                    self.binaries.bindir.display(),
+                    looked.join(", ")
+                )),
+            };
+        }
+        if self.running_pid().is_none() {
+            return QueryCounting {
+                available: true,
+                enabled: false,
+                reason: Some("the server is not running: `lab db up`".into()),
+            };
+        }
+        match crate::with_pool(&self.config.url(), |pool| async move {
+            schema::statement_stats(&pool).await
+        }) {
+            Ok(stats) => QueryCounting::of_server(&stats, "`lab db down && lab db up`"),
+            Err(e) => QueryCounting {
+                available: true,
+                enabled: false,
+                reason: Some(format!(
+                    "the server did not say whether it loaded it: {e:#}"
+                )),
+            },
+        }
     }
 
     /// Stops the server (fast shutdown: clients are disconnected, no data is lost).
@@ -347,12 +470,7 @@ impl Cluster {
     /// Re-seeds: every `world` row drawn anew, fortunes rewritten, statistics cleared.
     pub fn reset(&self) -> Result<()> {
         self.up()?;
-        let url = self.config.url();
-        block_on(async move {
-            let pool = PgPoolOptions::new()
-                .max_connections(1)
-                .connect(&url)
-                .await?;
+        crate::with_pool(&self.config.url(), |pool| async move {
             schema::reseed(&pool).await
         })
     }
@@ -360,13 +478,7 @@ impl Cluster {
     pub fn status(&self) -> Status {
         let pid = self.running_pid();
         let contents = pid.and_then(|_| {
-            let url = self.config.url();
-            block_on(async move {
-                let pool = PgPoolOptions::new()
-                    .max_connections(1)
-                    .acquire_timeout(Duration::from_secs(3))
-                    .connect(&url)
-                    .await?;
+            crate::with_pool(&self.config.url(), |pool| async move {
                 schema::contents(&pool).await
             })
             .ok()
@@ -376,6 +488,7 @@ impl Cluster {
             initialised: self.initialised(),
             pid,
             contents,
+            query_counting: self.query_counting(),
         }
     }
 
@@ -384,19 +497,7 @@ impl Cluster {
     }
 
     fn lock(&self) -> Result<Flock<File>> {
-        let path = self.config.lock_path();
-        if let Some(parent) = path.parent() {
-            create_traversable_dir(parent)?;
-        }
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .with_context(|| format!("opening lock file {}", path.display()))?;
-        Flock::lock(file, FlockArg::LockExclusive)
-            .map_err(|(_, e)| e)
-            .with_context(|| format!("locking {}", path.display()))
+        lock_file(&self.config.lock_path(), FlockArg::LockExclusive)
     }
 
     /// The postmaster's pid when the server runs. A `postmaster.pid` left by a crash (its
@@ -481,7 +582,7 @@ impl Cluster {
             hba.push_str(&format!("host  all all {net} trust\n"));
         }
         self.write_owned("pg_hba.conf", &hba)?;
-        let preload = if self.binaries.has_pg_stat_statements() {
+        let preload = if self.binaries.pg_stat_statements().is_ok() {
             "shared_preload_libraries = 'pg_stat_statements'\npg_stat_statements.track = all\n"
         } else {
             ""
@@ -555,6 +656,23 @@ impl Cluster {
         let program = format!("{:?}", cmd.get_program());
         cmd.output().with_context(|| format!("running {program}"))
     }
+}
+
+/// Takes a `flock` on `path` (created with its folder if missing), waiting for it unless
+/// `arg` says not to.
+pub(crate) fn lock_file(path: &Path, arg: FlockArg) -> Result<Flock<File>> {
+    if let Some(parent) = path.parent() {
+        create_traversable_dir(parent)?;
+    }
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("opening lock file {}", path.display()))?;
+    Flock::lock(file, arg)
+        .map_err(|(_, e)| e)
+        .with_context(|| format!("locking {}", path.display()))
 }
 
 /// A killed postmaster whose parent has not reaped it yet still has a /proc entry.

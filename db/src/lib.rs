@@ -3,12 +3,14 @@
 //! - [`sql`]: every statement the servers run.
 //! - [`schema`]: migrations (`db/migrations/`, sqlx's format) and the idempotent seed.
 //! - [`cluster`]: a private PostgreSQL cluster the lab starts itself (`lab db up`).
+//! - [`last_user`]: the test suites' cluster, stopped by the last process that uses it.
 //! - [`Database`]: which database to use, the lab's own or the one `DATABASE_URL` names.
 //!
 //! The functions that drive processes are synchronous and run any SQL on a private
 //! current-thread runtime: call them from plain code, not from inside a tokio runtime.
 
 pub mod cluster;
+pub mod last_user;
 pub mod schema;
 pub mod sql;
 
@@ -17,7 +19,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use sqlx::postgres::PgPoolOptions;
 
-pub use cluster::{Cluster, ClusterConfig, UpOutcome};
+pub use cluster::{Cluster, ClusterConfig, QueryCounting, UpOutcome};
 
 /// The database the lab and its tests talk to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +40,26 @@ impl Database {
     /// `DATABASE_URL` when set, else the cluster the test suites share.
     pub fn for_tests() -> Self {
         Self::external_from_env().unwrap_or_else(|| Database::Embedded(ClusterConfig::for_tests()))
+    }
+
+    /// The test suites' database, ready, and its URL: `DATABASE_URL` when set (migrated
+    /// and seeded), else the lab's test cluster, started if needed. This process then
+    /// counts as a user of that cluster until it exits, and the last user to exit stops it
+    /// ([`last_user`]), whether its tests passed, failed or panicked. Done once per
+    /// process; later calls return the same URL.
+    pub fn ready_for_tests() -> Result<String> {
+        static READY: std::sync::OnceLock<std::result::Result<String, String>> =
+            std::sync::OnceLock::new();
+        READY
+            .get_or_init(|| {
+                match Self::for_tests() {
+                    Database::Embedded(config) => last_user::join(&config).map(|_| config.url()),
+                    external => external.ensure_ready(),
+                }
+                .map_err(|e| format!("{e:#}"))
+            })
+            .clone()
+            .map_err(|e| anyhow::anyhow!("preparing the test database: {e}"))
     }
 
     fn external_from_env() -> Option<Self> {
@@ -72,6 +94,29 @@ impl Database {
             }
         }
     }
+}
+
+/// Runs `f` with a one-connection pool to `url` on a private current-thread runtime, for
+/// callers without a runtime of their own (`lab db`, the cluster code); closes the pool.
+pub fn with_pool<T, F, Fut>(url: &str, f: F) -> Result<T>
+where
+    F: FnOnce(sqlx::PgPool) -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(async {
+            let pool = PgPoolOptions::new()
+                .max_connections(1)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect(url)
+                .await
+                .with_context(|| format!("connecting to {}", redact(url)))?;
+            let out = f(pool.clone()).await;
+            pool.close().await;
+            out
+        })
 }
 
 /// Migrates and seeds the database at `url`.

@@ -96,6 +96,50 @@ pub async fn reseed(pool: &PgPool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What a server says about pg_stat_statements, the extension that counts the queries it
+/// runs (verifiers such as TechEmpower's check the variants with it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatementStats {
+    /// Named in `shared_preload_libraries`: loaded when the server started.
+    pub preloaded: bool,
+    /// Created in this database, so its view can be queried.
+    pub created: bool,
+    /// Installed on the server's machine (in `pg_available_extensions`).
+    pub installable: bool,
+}
+
+pub async fn statement_stats(pool: &PgPool) -> anyhow::Result<StatementStats> {
+    let preload: String = sqlx::query_scalar("SELECT current_setting('shared_preload_libraries')")
+        .fetch_one(pool)
+        .await?;
+    let created: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pg_stat_statements')",
+    )
+    .fetch_one(pool)
+    .await?;
+    let installable: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'pg_stat_statements')",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(StatementStats {
+        preloaded: preload
+            .split(',')
+            .any(|l| l.trim().trim_matches('"') == "pg_stat_statements"),
+        created,
+        installable,
+    })
+}
+
+/// Creates pg_stat_statements in this database if it is missing (a database migrated
+/// while the module was not installed has none).
+pub async fn create_statement_stats(pool: &PgPool) -> anyhow::Result<()> {
+    sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
 /// Row counts, for `lab db status` and for checks that the seed happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Contents {

@@ -3,12 +3,15 @@
 //!
 //! With `DATABASE_URL` set, nothing is started or stopped: `up` and `reset` migrate and
 //! seed that database, `url` prints it back.
+//!
+//! `up` and `status` also say whether the database counts queries (pg_stat_statements),
+//! and what to install or restart when it does not.
 
 use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Subcommand;
-use db::{Cluster, Database, UpOutcome};
+use db::{Cluster, Database, QueryCounting, UpOutcome};
 use serde::Serialize;
 
 #[derive(Subcommand)]
@@ -40,6 +43,29 @@ struct StatusReport {
     port: Option<u16>,
     worlds: Option<i64>,
     fortunes: Option<i64>,
+    query_counting: QueryCountingReport,
+}
+
+/// `db::QueryCounting` as `lab db status --json` writes it.
+#[derive(Serialize)]
+struct QueryCountingReport {
+    available: bool,
+    enabled: bool,
+    reason: Option<String>,
+    /// The same in one line, for the terminal.
+    #[serde(skip)]
+    line: String,
+}
+
+impl From<QueryCounting> for QueryCountingReport {
+    fn from(q: QueryCounting) -> Self {
+        QueryCountingReport {
+            line: q.describe(),
+            available: q.available,
+            enabled: q.enabled,
+            reason: q.reason,
+        }
+    }
 }
 
 pub fn run(cmd: DbCommand) -> Result<ExitCode> {
@@ -53,6 +79,7 @@ pub fn run(cmd: DbCommand) -> Result<ExitCode> {
                         "DATABASE_URL is set: migrated and seeded {}",
                         db::redact(&url)
                     );
+                    eprintln!("{}", query_counting_of(&url).describe());
                     url
                 }
                 Database::Embedded(config) => {
@@ -67,6 +94,7 @@ pub fn run(cmd: DbCommand) -> Result<ExitCode> {
                         config.port,
                         config.data_dir.display()
                     );
+                    eprintln!("{}", cluster.query_counting().describe());
                     config.url()
                 }
             };
@@ -131,6 +159,7 @@ fn status(database: &Database) -> Result<StatusReport> {
     Ok(match database {
         Database::External { url } => {
             let contents = contents_of(url).ok();
+            let query_counting = query_counting_of(url);
             StatusReport {
                 kind: "external",
                 url: url.clone(),
@@ -140,6 +169,7 @@ fn status(database: &Database) -> Result<StatusReport> {
                 port: None,
                 worlds: contents.map(|c| c.worlds),
                 fortunes: contents.map(|c| c.fortunes),
+                query_counting: query_counting.into(),
             }
         }
         Database::Embedded(config) => {
@@ -153,6 +183,7 @@ fn status(database: &Database) -> Result<StatusReport> {
                 port: Some(config.port),
                 worlds: status.contents.map(|c| c.worlds),
                 fortunes: status.contents.map(|c| c.fortunes),
+                query_counting: status.query_counting.into(),
             }
         }
     })
@@ -180,34 +211,33 @@ fn print_status(r: &StatusReport) {
     if let (Some(w), Some(f)) = (r.worlds, r.fortunes) {
         println!("  rows: {w} world, {f} fortune");
     }
+    println!("  {}", r.query_counting.line);
     if !r.running && r.kind == "embedded" {
         println!("  start it with: lab db up");
     }
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?)
+fn contents_of(url: &str) -> Result<db::schema::Contents> {
+    db::with_pool(url, |pool| async move { db::schema::contents(&pool).await })
 }
 
-fn contents_of(url: &str) -> Result<db::schema::Contents> {
-    runtime()?.block_on(async {
-        let pool = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(1)
-            .acquire_timeout(std::time::Duration::from_secs(3))
-            .connect(url)
-            .await?;
-        db::schema::contents(&pool).await
-    })
+/// Whether the server at `url` counts queries.
+fn query_counting_of(url: &str) -> QueryCounting {
+    match db::with_pool(url, |pool| async move {
+        db::schema::statement_stats(&pool).await
+    }) {
+        Ok(stats) => QueryCounting::of_server(
+            &stats,
+            "set shared_preload_libraries = 'pg_stat_statements' on that server and restart it",
+        ),
+        Err(e) => QueryCounting {
+            available: false,
+            enabled: false,
+            reason: Some(format!("the server did not say ({e:#})")),
+        },
+    }
 }
 
 fn reseed_url(url: &str) -> Result<()> {
-    runtime()?.block_on(async {
-        let pool = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(1)
-            .connect(url)
-            .await?;
-        db::schema::reseed(&pool).await
-    })
+    db::with_pool(url, |pool| async move { db::schema::reseed(&pool).await })
 }

@@ -177,8 +177,9 @@ fn every_dashboard_query_returns_data() {
     let prometheus = prometheus_binary();
     let dir = TempDir::new();
 
-    // The database: the lab's test cluster (or DATABASE_URL), stopped again if we started it.
-    let (database_url, _cluster) = database();
+    // The database: the lab's test cluster (or DATABASE_URL), stopped by the last test
+    // process that uses it.
+    let database_url = db::Database::ready_for_tests().unwrap_or_else(|e| panic!("{e:#}"));
 
     // The servers, one per variant.
     let server_bin = sibling_binary("server");
@@ -317,7 +318,7 @@ fn lab_run_export_lands_in_a_native_prometheus() {
     }
     let prometheus_bin = prometheus_binary();
     let dir = TempDir::new();
-    let (database_url, _cluster) = database();
+    let database_url = db::Database::ready_for_tests().unwrap_or_else(|e| panic!("{e:#}"));
 
     let prom_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let native = repo_root().join("dashboards/prometheus/native.yml");
@@ -569,35 +570,6 @@ impl Drop for TempDir {
                 "kept {} (standard error of every process)",
                 self.0.display()
             );
-        }
-    }
-}
-
-/// Stops the lab's test cluster when this test started it.
-struct ClusterGuard(Option<db::Cluster>);
-
-impl Drop for ClusterGuard {
-    fn drop(&mut self) {
-        if let Some(c) = self.0.take() {
-            let _ = c.down();
-        }
-    }
-}
-
-fn database() -> (String, ClusterGuard) {
-    match db::Database::for_tests() {
-        db::Database::External { url } => {
-            db::Database::External { url: url.clone() }
-                .ensure_ready()
-                .expect("preparing DATABASE_URL");
-            (url, ClusterGuard(None))
-        }
-        db::Database::Embedded(config) => {
-            let cluster =
-                db::Cluster::new(config.clone()).expect("PostgreSQL is needed for this test");
-            let started =
-                cluster.up().expect("starting the test cluster") == db::UpOutcome::Started;
-            (config.url(), ClusterGuard(started.then_some(cluster)))
         }
     }
 }

@@ -31,9 +31,7 @@ fn attach_ptrace(pid: i32) -> anyhow::Result<tracer::Session> {
 
 fn attach_detach_under_load(variant: &str, load_args: &[&str]) {
     require_root();
-    let url = db::Database::for_tests()
-        .ensure_ready()
-        .expect("a ready test database (db::Database::for_tests)");
+    let url = db::Database::ready_for_tests().unwrap_or_else(|e| panic!("{e:#}"));
     let port = free_port();
     let log = std::env::temp_dir().join(format!("tracer-attach-test-{port}.log"));
     let server = Reap(

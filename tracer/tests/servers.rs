@@ -9,20 +9,13 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use common::*;
 use tracer::{start, Backend, Category, Kind, Options, Overrides, Profile, Target};
 
 fn database_url() -> String {
-    static URL: OnceLock<String> = OnceLock::new();
-    URL.get_or_init(|| {
-        db::Database::for_tests()
-            .ensure_ready()
-            .expect("a ready test database (db::Database::for_tests)")
-    })
-    .clone()
+    db::Database::ready_for_tests().unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// One load test at a time: they share 2 cores, and timing-dependent servers (header

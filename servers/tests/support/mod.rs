@@ -6,39 +6,16 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
-use std::sync::OnceLock;
 use std::time::Duration;
 
-use db::{Cluster, ClusterConfig, Database, UpOutcome};
+use db::Database;
 use servers::launch::{LaunchOptions, ServerProcess};
 
-/// The URL of the database the suites share, started once per test binary. When this
-/// process started the lab's test cluster, it stops it again at exit.
+/// The URL of the database the suites share (`db::Database::ready_for_tests`: the last
+/// test process that uses the lab's test cluster stops it).
 pub fn database_url() -> String {
-    static URL: OnceLock<String> = OnceLock::new();
-    URL.get_or_init(|| match Database::for_tests() {
-        Database::External { url } => {
-            Database::External { url: url.clone() }
-                .ensure_ready()
-                .expect("preparing DATABASE_URL");
-            url
-        }
-        Database::Embedded(config) => {
-            let cluster =
-                Cluster::new(config.clone()).expect("PostgreSQL is needed for these tests");
-            if cluster.up().expect("starting the test cluster") == UpOutcome::Started {
-                extern "C" fn stop_test_cluster() {
-                    if let Ok(cluster) = Cluster::new(ClusterConfig::for_tests()) {
-                        let _ = cluster.down();
-                    }
-                }
-                // SAFETY: registering a plain extern "C" function with no captured state.
-                unsafe { libc::atexit(stop_test_cluster) };
-            }
-            config.url()
-        }
-    })
-    .clone()
+    Database::ready_for_tests()
+        .unwrap_or_else(|e| panic!("PostgreSQL is needed for these tests: {e:#}"))
 }
 
 pub fn server_binary() -> PathBuf {
