@@ -10,8 +10,9 @@ pub const SCHEMA: &str = "syscall-lab/run";
 /// Version 2 added `cpu_profile` and `config.flamegraph_s`; version 1 files read as
 /// runs without a profiling phase. Version 3 added `topology` and `config.hosts`,
 /// `config.db_latency_ms`, `config.client_latency_ms`, `config.jitter_ms`; older files read
-/// as runs on one host.
-pub const SCHEMA_VERSION: u32 = 3;
+/// as runs on one host. Version 4 added `variants[].request_log` (the server's request
+/// log summarised; `config.keep_logs`) and `process.server_cpus`.
+pub const SCHEMA_VERSION: u32 = 4;
 
 /// The oldest version [`Run::load`] reads.
 pub const OLDEST_SCHEMA_VERSION: u32 = 1;
@@ -157,6 +158,9 @@ pub struct RunConfig {
     pub client_latency_ms: f64,
     #[serde(default)]
     pub jitter_ms: f64,
+    /// `--keep-logs`: the servers' full request logs stay in the run folder.
+    #[serde(default)]
+    pub keep_logs: bool,
 }
 
 fn same_host() -> String {
@@ -180,7 +184,28 @@ pub struct VariantResult {
     /// That profiling phase (`--flamegraph`), None without it.
     #[serde(default)]
     pub cpu_profile: Option<CpuProfile>,
+    /// The server's request log over all its rounds; None with `--log off` or `stdout`.
+    #[serde(default)]
+    pub request_log: Option<RequestLog>,
 }
+
+/// A variant's request log (every round: warm-up, measured window, profiling phase).
+/// The server writes it in full while it runs, since logging's syscalls are part of what
+/// is measured; afterwards the run keeps this summary and, with `--keep-logs` only, the
+/// file itself.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RequestLog {
+    /// The full log relative to the run folder, when it was kept; None when it was
+    /// removed after this summary was taken.
+    pub file: Option<String>,
+    pub bytes: u64,
+    pub lines: u64,
+    /// Its last lines (at most [`LOG_LAST_LINES`]).
+    pub last_lines: Vec<String>,
+}
+
+/// How many of a request log's last lines run.json keeps.
+pub const LOG_LAST_LINES: usize = 5;
 
 /// A variant's profiling phase: the server under the same load again, the tracer
 /// detached, sampled by its own `/debug/pprof` endpoints. Not part of any measured
@@ -224,6 +249,10 @@ pub struct ProcessFigures {
     pub threads: u64,
     /// Peak resident set size of the process's life (VmHWM).
     pub peak_rss_bytes: u64,
+    /// The CPUs the server was allowed to run on (its placement, read back from the
+    /// kernel at the start of the window); empty in files older than version 4.
+    #[serde(default)]
+    pub server_cpus: Vec<usize>,
 }
 
 /// A median and the range it came from.

@@ -25,8 +25,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::placement::Placement;
 use crate::results::{
-    CpuProfile, Environment, ProcessFigures, Round, Run, RunConfig, Summary, VariantResult, SCHEMA,
-    SCHEMA_VERSION, TOP_FUNCTIONS,
+    CpuProfile, Environment, ProcessFigures, RequestLog, Round, Run, RunConfig, Summary,
+    VariantResult, LOG_LAST_LINES, SCHEMA, SCHEMA_VERSION, TOP_FUNCTIONS,
 };
 use servers::launch::{sibling_binary, LaunchOptions, ServerProcess};
 
@@ -102,6 +102,12 @@ pub struct RunArgs {
     /// The servers' request log mode.
     #[arg(long, default_value = "buffered", value_parser = ["sync", "buffered", "stdout", "off"])]
     pub log: String,
+    /// Keep each server's full request log in the run folder as `<variant>.log` (tens of
+    /// MB per variant). By default the log is written during the run as usual (its
+    /// syscalls are measured) and then removed; run.json keeps its size, line count and
+    /// last lines.
+    #[arg(long)]
+    pub keep_logs: bool,
     /// Tracer backend.
     #[arg(long, value_enum, default_value_t = TracerChoice::Auto)]
     pub tracer: TracerChoice,
@@ -120,6 +126,10 @@ pub struct RunArgs {
     #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "5",
           value_parser = clap::value_parser!(u32).range(1..=60))]
     pub flamegraph: Option<u32>,
+    /// The database the servers use (migrated and seeded first); default: the lab's own
+    /// PostgreSQL (`lab db up`), started if needed.
+    #[arg(long, value_name = "URL", env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
     /// Folder under which `<run-id>/` is created.
     #[arg(long, default_value = "results")]
     pub out: PathBuf,
@@ -177,6 +187,9 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     let report = crate::report::html::write(&run, &run_dir)?;
     println!("{}", crate::table::render(&run));
     print_cpu_profiles(&run);
+    if let Some(logs) = describe_logs(&run, &run_dir) {
+        eprintln!("{logs}");
+    }
     eprintln!(
         "results: {}\nreport:  {}",
         run_dir.join("run.json").display(),
@@ -272,7 +285,12 @@ pub fn execute(args: &RunArgs) -> Result<Run> {
     let url = match &network {
         Some(network) => network.start_database()?,
         None => {
-            let database = db::Database::from_env();
+            let database = match args.database_url.as_deref().filter(|u| !u.is_empty()) {
+                Some(url) => db::Database::External {
+                    url: url.to_string(),
+                },
+                None => db::Database::from_env(),
+            };
             eprintln!(
                 "lab run: preparing the database ({})",
                 db::redact(&database.url())
@@ -334,6 +352,7 @@ pub fn execute(args: &RunArgs) -> Result<Run> {
         db_latency_ms: crate::net::HostArgs::millis(args.hosts.db_latency),
         client_latency_ms: crate::net::HostArgs::millis(args.hosts.client_latency),
         jitter_ms: crate::net::HostArgs::millis(args.hosts.jitter),
+        keep_logs: args.keep_logs,
     };
     let postgres = {
         // The server's view of the database.
@@ -373,6 +392,7 @@ pub fn execute(args: &RunArgs) -> Result<Run> {
             summary: None,
             flamegraph: None,
             cpu_profile: None,
+            request_log: None,
         })
         .collect();
     for round in 0..args.repeat {
@@ -407,7 +427,17 @@ pub fn execute(args: &RunArgs) -> Result<Run> {
             } else {
                 None
             };
-            match step.measure(&result.variant, round + 1, profiled) {
+            let measured = step.measure(&result.variant, round + 1, profiled);
+            // The server is gone: its log is complete.
+            if let Err(e) = keep_request_log(
+                &run_dir,
+                &result.variant,
+                args.keep_logs,
+                &mut result.request_log,
+            ) {
+                progress.println(format!("lab run: {}: request log: {e:#}", result.variant));
+            }
+            match measured {
                 Ok(measured) => result.rounds.push(measured),
                 Err(failure) => {
                     progress.println(format!(
@@ -496,7 +526,7 @@ impl Step<'_> {
         profiled: Option<ProfileRequest<'_>>,
     ) -> Result<Round, Failure> {
         self.phase("starting the server");
-        let log_file = self.run_dir.join(format!("{variant}.log"));
+        let log_file = self.run_dir.join(log_name(variant));
         let mut options = LaunchOptions::new(variant, self.url);
         if self.exported.is_some() {
             options.listen = EXPORT_SERVER.parse().expect("a literal address");
@@ -527,6 +557,7 @@ impl Step<'_> {
             log_tail: Some(format!("{e:#}")),
         })?;
         self.placement.pin_process(server.pid());
+        let server_cpus = crate::placement::cpus_of(server.pid() as i32);
         self.progress.inc(1);
 
         self.phase("warming up");
@@ -639,6 +670,7 @@ impl Step<'_> {
         });
         let mut process = after.since(&before);
         process.threads = process.threads.max(threads_seen.get());
+        process.server_cpus = server_cpus;
         Ok(Round {
             round,
             load,
@@ -839,6 +871,111 @@ fn http_get(
     Ok((status, response[split + 4..].to_vec()))
 }
 
+/// A variant's request log in the run folder (written there while its server runs).
+fn log_name(variant: &str) -> String {
+    format!("{variant}.log")
+}
+
+/// After a round: adds the variant's request log to its summary, then removes the file
+/// unless `keep` (with `keep` the file holds every round so far and the summary is of
+/// it). Nothing to do when the server wrote no log (`--log off` or `stdout`).
+fn keep_request_log(
+    run_dir: &Path,
+    variant: &str,
+    keep: bool,
+    summary: &mut Option<RequestLog>,
+) -> Result<()> {
+    let name = log_name(variant);
+    let path = run_dir.join(&name);
+    let read = match summarise_log(&path) {
+        Ok(read) => read,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    if keep {
+        *summary = Some(RequestLog {
+            file: Some(name),
+            ..read
+        });
+        return Ok(());
+    }
+    let total = summary.get_or_insert_with(RequestLog::default);
+    total.bytes += read.bytes;
+    total.lines += read.lines;
+    if !read.last_lines.is_empty() {
+        total.last_lines = read.last_lines;
+    }
+    std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))
+}
+
+/// Size, line count and last lines of a log file, read once.
+fn summarise_log(path: &Path) -> std::io::Result<RequestLog> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut buf = vec![0u8; 1 << 16];
+    let (mut bytes, mut lines) = (0u64, 0u64);
+    // The last 64 KiB read, for the last lines.
+    let mut tail: Vec<u8> = Vec::new();
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        bytes += n as u64;
+        lines += buf[..n].iter().filter(|&&b| b == b'\n').count() as u64;
+        tail.extend_from_slice(&buf[..n]);
+        if tail.len() > 2 * buf.len() {
+            tail.drain(..tail.len() - buf.len());
+        }
+    }
+    if tail.last().is_some_and(|&b| b != b'\n') {
+        lines += 1; // a last line without its newline (a log cut short)
+    }
+    let text = String::from_utf8_lossy(&tail);
+    let mut last: Vec<String> = text
+        .lines()
+        .rev()
+        .take(LOG_LAST_LINES)
+        .map(|l| l.chars().take(500).collect())
+        .collect();
+    last.reverse();
+    Ok(RequestLog {
+        file: None,
+        bytes,
+        lines,
+        last_lines: last,
+    })
+}
+
+/// Where the request logs went, for the end of `lab run`.
+fn describe_logs(run: &Run, run_dir: &Path) -> Option<String> {
+    let logs: Vec<(&str, &RequestLog)> = run
+        .variants
+        .iter()
+        .filter_map(|v| Some((v.variant.as_str(), v.request_log.as_ref()?)))
+        .collect();
+    if logs.is_empty() {
+        return None;
+    }
+    let sizes: Vec<String> = logs
+        .iter()
+        .map(|(v, l)| format!("{v} {:.1} MB, {} lines", l.bytes as f64 / 1e6, l.lines))
+        .collect();
+    Some(if run.config.keep_logs {
+        format!(
+            "request logs: {} ({})",
+            run_dir.join("<variant>.log").display(),
+            sizes.join("; ")
+        )
+    } else {
+        format!(
+            "request logs: summarised in run.json and removed ({}); `lab run --keep-logs` keeps them as {}",
+            sizes.join("; "),
+            run_dir.join("<variant>.log").display()
+        )
+    })
+}
+
 /// Cumulative counters of a process, to subtract.
 struct Counters {
     user_s: f64,
@@ -858,6 +995,7 @@ impl Counters {
             involuntary_switches: self.involuntary.saturating_sub(before.involuntary),
             threads: self.threads,
             peak_rss_bytes: self.peak_rss_bytes,
+            server_cpus: Vec::new(),
         }
     }
 }

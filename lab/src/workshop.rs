@@ -131,6 +131,8 @@ impl Setup {
             out: settings.out.clone(),
             json: None,
             hosts: crate::net::HostArgs::default(),
+            keep_logs: false,
+            database_url: settings.database_url.clone(),
             server_args: self.server_args.iter().map(|s| s.to_string()).collect(),
         }
     }
@@ -686,6 +688,8 @@ pub struct Settings {
     pub duration: f64,
     pub warmup: f64,
     pub out: PathBuf,
+    /// `lab run --database-url`: None for DATABASE_URL, else the lab's own PostgreSQL.
+    pub database_url: Option<String>,
 }
 
 impl Settings {
@@ -695,6 +699,7 @@ impl Settings {
             duration: 2.0,
             warmup: 1.0,
             out,
+            database_url: None,
         }
     }
 }
@@ -941,6 +946,7 @@ pub fn run(args: WorkshopArgs) -> Result<ExitCode> {
         duration: args.duration,
         warmup: args.warmup,
         out: args.out.clone(),
+        database_url: None,
     };
     if args.all {
         return measure_all(&settings, args.rounds, args.json.as_deref());

@@ -27,7 +27,8 @@
 //! `reports_a_lab_run` runs the real `lab run --variants epoll,thread-pool --workload db
 //! --duration 2s --warmup 1s --connections 8` and checks the report it wrote; it needs the
 //! `server` binary next to `lab` (`cargo build --workspace --bins` with the same
-//! `CARGO_TARGET_DIR`), the lab's PostgreSQL (`lab db up`), and root for eBPF tracing.
+//! `CARGO_TARGET_DIR`), the test suites' PostgreSQL (started here, stopped by the last test
+//! process using it), and root for eBPF tracing.
 //!
 //! Run: `cargo build --workspace --bins && cargo test -p lab --test report_browser`.
 
@@ -635,8 +636,8 @@ fn reports_failures_and_escapes_the_run() {
 
 /// The real thing: `lab run` on two variants (needs what `lab run` needs: the `server`
 /// binary next to `lab` (`cargo build --workspace --bins` with the same target folder), the
-/// lab's PostgreSQL, and root for eBPF (else the run traces with ptrace)), then its own
-/// report.html in the browser.
+/// test suites' PostgreSQL (`db::Database::ready_for_tests`), and root for eBPF (else the
+/// run traces with ptrace)), then its own report.html in the browser.
 #[test]
 fn reports_a_lab_run() {
     let lab = Path::new(env!("CARGO_BIN_EXE_lab"));
@@ -664,6 +665,10 @@ fn reports_a_lab_run() {
         ])
         .args(["--connections", "8", "--out"])
         .arg(&dir)
+        .env(
+            "DATABASE_URL",
+            db::Database::ready_for_tests().unwrap_or_else(|e| panic!("{e:#}")),
+        )
         .stdin(Stdio::null())
         .output()
         .expect("starting lab run");

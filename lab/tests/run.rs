@@ -1,5 +1,6 @@
-//! `lab run` end to end: the real binary, the real servers, the lab's own PostgreSQL (or
-//! DATABASE_URL), the real kernel tracer. Needs root for eBPF (CI runs as root).
+//! `lab run` end to end: the real binary, the real servers, the test suites' PostgreSQL
+//! (`db::Database::ready_for_tests`: the lab's test cluster, or DATABASE_URL), the real
+//! kernel tracer. Needs root for eBPF (CI runs as root).
 
 use std::path::Path;
 use std::process::Command;
@@ -8,6 +9,14 @@ use lab::results::Run;
 
 fn lab() -> std::path::PathBuf {
     servers::launch::sibling_binary("lab").unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+/// `lab run` on the test suites' database.
+fn lab_run() -> Command {
+    let url = db::Database::ready_for_tests().unwrap_or_else(|e| panic!("{e:#}"));
+    let mut command = Command::new(lab());
+    command.arg("run").env("DATABASE_URL", url);
+    command
 }
 
 fn require_root() {
@@ -37,9 +46,8 @@ fn only_run(out: &Path) -> std::path::PathBuf {
 fn db_workload_attributes_network_database_and_logging_for_every_variant() {
     require_root();
     let out = tempdir("run-db");
-    let output = Command::new(lab())
+    let output = lab_run()
         .args([
-            "run",
             "--workload",
             "db",
             "--duration",
@@ -116,6 +124,40 @@ fn db_workload_attributes_network_database_and_logging_for_every_variant() {
         "no report.html in {}",
         run_dir.display()
     );
+    // The request logs were written (and traced as logging, above), then summarised into
+    // run.json and removed: the folder stays small.
+    for variant in &run.variants {
+        let log = variant
+            .request_log
+            .as_ref()
+            .unwrap_or_else(|| panic!("{}: no request log summary in run.json", variant.variant));
+        assert!(
+            log.file.is_none() && log.bytes > 0 && log.lines > 0 && !log.last_lines.is_empty(),
+            "{}: {log:?}",
+            variant.variant
+        );
+        assert!(
+            log.last_lines.iter().all(|l| l.contains("status="))
+                && log.last_lines.iter().any(|l| l.contains("\"/db\"")),
+            "{}: last lines are not request lines: {:?}",
+            variant.variant,
+            log.last_lines
+        );
+    }
+    let files = folder_files(&run_dir);
+    assert!(
+        !files.iter().any(|(name, _)| name.ends_with(".log")),
+        "request logs left in the run folder: {files:?}"
+    );
+    let total: u64 = files.iter().map(|(_, size)| size).sum();
+    assert!(
+        total < 2_000_000,
+        "the run folder holds {total} bytes: {files:?}"
+    );
+    assert!(
+        stderr.contains("--keep-logs"),
+        "lab run does not say how to keep the full logs:\n{stderr}"
+    );
 
     // lab report rebuilds the page and prints the same table; lab compare accepts a run
     // against itself and shows no change.
@@ -157,9 +199,8 @@ fn a_variant_that_fails_is_recorded_and_the_run_goes_on() {
     let out = tempdir("run-fail");
     // --write-mode split is refused by epoll at start (hyper writes once): epoll fails,
     // thread-pool runs.
-    let output = Command::new(lab())
+    let output = lab_run()
         .args([
-            "run",
             "--variants",
             "epoll,thread-pool",
             "--workload",
@@ -203,6 +244,79 @@ fn a_variant_that_fails_is_recorded_and_the_run_goes_on() {
     let _ = std::fs::remove_dir_all(&out);
 }
 
+/// `lab workshop` runs its two sides in one process, one after the other: both servers
+/// must be placed alike (issue 16: the second one used to land on the load generator's
+/// CPU). The first run keeps its request log (`--keep-logs`), the second does not.
+#[test]
+fn two_runs_in_one_process_place_the_server_alike() {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert!(
+        cpus >= 2,
+        "placement needs 2 or more CPUs and this machine has {cpus}: run this test on another"
+    );
+    let out = tempdir("run-twice");
+    let url = db::Database::ready_for_tests().unwrap_or_else(|e| panic!("{e:#}"));
+    let args = |extra: &[&str]| {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            run: lab::run_cmd::RunArgs,
+        }
+        let mut argv = vec!["lab", "--variants", "epoll", "--workload", "plaintext"];
+        argv.extend(["--duration", "1s", "--warmup", "0s", "--connections", "4"]);
+        argv.extend(["--tracer", "off", "--log", "sync", "--database-url", &url]);
+        argv.extend(["--out", out.to_str().unwrap()]);
+        argv.extend(extra);
+        <Cli as clap::Parser>::parse_from(argv).run
+    };
+    let first = lab::run_cmd::execute(&args(&["--keep-logs"])).expect("first run");
+    // Run ids are whole seconds: the second run gets a folder of its own.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let second = lab::run_cmd::execute(&args(&[])).expect("second run");
+    let placed = |run: &Run| {
+        let v = &run.variants[0];
+        assert!(v.ok, "{:?}", v.failure);
+        (
+            run.environment.pinning.clone(),
+            v.rounds[0].process.server_cpus.clone(),
+        )
+    };
+    let (first_pinning, first_cpus) = placed(&first);
+    assert!(
+        !first_cpus.is_empty() && first_cpus.len() < cpus,
+        "the first server was not pinned: {first_cpus:?} ({first_pinning})"
+    );
+    assert_eq!(
+        placed(&second),
+        (first_pinning, first_cpus),
+        "the second run placed its server differently"
+    );
+
+    // --keep-logs: the file is there and run.json describes it.
+    let kept = first.variants[0]
+        .request_log
+        .clone()
+        .expect("a log summary");
+    let file = out
+        .join(&first.id)
+        .join(kept.file.as_deref().expect("the kept file's name"));
+    let text = std::fs::read_to_string(&file).expect("the kept log");
+    assert_eq!(kept.bytes, text.len() as u64);
+    assert_eq!(kept.lines, text.lines().count() as u64);
+    assert_eq!(
+        kept.last_lines.last().map(String::as_str),
+        text.lines().last()
+    );
+    // Without: summarised, gone.
+    let summary = second.variants[0]
+        .request_log
+        .clone()
+        .expect("a log summary");
+    assert!(summary.file.is_none() && summary.lines > 0, "{summary:?}");
+    assert!(!out.join(&second.id).join("epoll.log").exists());
+    let _ = std::fs::remove_dir_all(&out);
+}
+
 #[test]
 fn bad_flags_get_a_clear_message_and_exit_2() {
     let output = Command::new(lab())
@@ -215,6 +329,21 @@ fn bad_flags_get_a_clear_message_and_exit_2() {
         stderr.contains("nginx") && stderr.contains("epoll"),
         "{stderr}"
     );
+}
+
+/// Every file in `dir` and below, with its size.
+fn folder_files(dir: &Path) -> Vec<(String, u64)> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(folder_files(&path));
+        } else {
+            let size = entry.metadata().map_or(0, |m| m.len());
+            files.push((path.display().to_string(), size));
+        }
+    }
+    files
 }
 
 fn tempdir(name: &str) -> std::path::PathBuf {

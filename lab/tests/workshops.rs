@@ -1,6 +1,6 @@
 //! The workshop exercises' effects, tested: each exercise runs through the same code as
-//! `lab workshop N` (`lab::workshop::run_exercise`), against the real servers, the lab's
-//! own PostgreSQL (or DATABASE_URL) and the real eBPF tracer, and every expectation in
+//! `lab workshop N` (`lab::workshop::run_exercise`), against the real servers, the test
+//! suites' PostgreSQL (`db::Database::ready_for_tests`, or DATABASE_URL) and the real eBPF tracer, and every expectation in
 //! `lab::workshop::EXERCISES` must hold. Counts per request only, never times.
 //!
 //! Needs root for eBPF (CI runs as root) and the workspace's binaries
@@ -28,7 +28,13 @@ fn check(number: u32) {
         std::process::id()
     ));
     let _ = std::fs::remove_dir_all(&out);
-    let outcome = run_exercise(number, &Settings::short(out.clone()))
+    // The test suites' PostgreSQL, stopped by the last test process using it.
+    let database_url = db::Database::ready_for_tests().unwrap_or_else(|e| panic!("{e:#}"));
+    let settings = Settings {
+        database_url: Some(database_url),
+        ..Settings::short(out.clone())
+    };
+    let outcome = run_exercise(number, &settings)
         .unwrap_or_else(|e| panic!("exercise {number} did not run: {e:#}"));
     let comparison = outcome
         .comparison

@@ -626,10 +626,11 @@ pub fn start_for_run(
              namespace: leave out --export or --hosts separate"
         );
     }
-    if std::env::var_os("DATABASE_URL").is_some_and(|u| !u.is_empty()) {
+    // `--database-url` takes DATABASE_URL when it is set.
+    if args.database_url.as_deref().is_some_and(|u| !u.is_empty()) {
         bail!(
-            "--hosts separate runs the lab's own PostgreSQL on the database host; unset \
-             DATABASE_URL (it names a database the namespaces cannot reach)"
+            "--hosts separate runs the lab's own PostgreSQL on the database host; leave out \
+             --database-url and unset DATABASE_URL (it names a database the namespaces cannot reach)"
         );
     }
     eprintln!("lab run: creating the hosts (network namespaces) and measuring the links");
