@@ -914,6 +914,7 @@ fn configuration(o: &mut String, run: &Run) {
         ),
         ("Rounds", c.repeat.to_string()),
         ("Server log mode", esc(&c.log)),
+        ("Request logs", request_logs(run)),
         ("Tracer", esc(&c.tracer)),
         (
             "Flame graphs",
@@ -982,6 +983,39 @@ fn configuration(o: &mut String, run: &Run) {
     ];
     kv_table(o, "Environment", &rows);
     o.push_str("</div>\n</section>\n");
+}
+
+/// Each variant's request log: its size and lines, and whether the file was kept.
+fn request_logs(run: &Run) -> String {
+    let logs: Vec<String> = run
+        .variants
+        .iter()
+        .filter_map(|v| {
+            let log = v.request_log.as_ref()?;
+            Some(format!(
+                "{}: {}, {} lines{}",
+                esc(&v.variant),
+                bytes(log.bytes as f64),
+                int(log.lines),
+                log.file
+                    .as_ref()
+                    .map_or(String::new(), |f| format!(" (<code>{}</code>)", esc(f)))
+            ))
+        })
+        .collect();
+    if logs.is_empty() {
+        return if run.schema_version < 4 {
+            "not recorded (run.json before version 4)".into()
+        } else {
+            "none (the servers logged to standard output or not at all)".into()
+        };
+    }
+    let kept = if run.config.keep_logs {
+        "kept in the run folder"
+    } else {
+        "summarised in run.json, not kept (<code>lab run --keep-logs</code> keeps them)"
+    };
+    format!("{}<br>{kept}", logs.join("<br>"))
 }
 
 fn kv_table(o: &mut String, title: &str, rows: &[(&str, String)]) {
