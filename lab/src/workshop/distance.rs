@@ -91,6 +91,9 @@ fn one_run(
     };
     let mut args = setup.run_args(settings);
     args.variants = variants.iter().map(|v| v.to_string()).collect();
+    // Separate hosts run the lab's own PostgreSQL on the database host, whatever
+    // database the other exercises are given.
+    args.database_url = None;
     args.hosts = HostArgs {
         hosts: Hosts::Separate,
         db_latency: Some(std::time::Duration::from_secs_f64(distance_ms / 1e3)),
