@@ -205,10 +205,21 @@ impl ServerProcess {
 }
 
 impl Drop for ServerProcess {
+    /// Kills a server still running, and removes its standard error file unless a panic
+    /// (a failing test) is unwinding: then the file stays, and its path is said, to read.
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
             let _ = self.child.kill();
             let _ = self.child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "server --variant {}: its standard error is kept in {}",
+                self.variant,
+                self.stderr_path.display()
+            );
+        } else {
+            let _ = fs::remove_file(&self.stderr_path);
         }
     }
 }
