@@ -559,6 +559,8 @@ impl Step<'_> {
                                     },
                                 },
                                 variant: Some(variant.to_string()),
+                                children: true,
+                                companions: Vec::new(),
                             },
                         )
                     })
