@@ -144,11 +144,13 @@ impl Context {
     }
 
     /// Adds the listening ports and log files of `pids` (traced beside the target: the
-    /// database's postmaster, say) to what is discovered, now and at every refresh.
+    /// database's postmaster, say) to what is discovered, now and at every refresh. Their
+    /// listening ports are discovered even when the target's are given (`--listen-port`
+    /// names the target's).
     pub fn include(&mut self, pids: &[i32]) {
         self.others.extend_from_slice(pids);
         for &p in pids {
-            self.refresh_listen(p);
+            self.refresh_listen(p, true);
         }
         if let Some(&first) = pids.first() {
             self.refresh_log_files(first);
@@ -158,17 +160,17 @@ impl Context {
     /// Re-reads what is discovered (a spawned server opens its log and listens after the
     /// trace starts). Returns true when something changed.
     pub fn refresh(&mut self, pid: i32) -> bool {
-        let mut changed = self.refresh_listen(pid);
+        let mut changed = self.refresh_listen(pid, false);
         for p in self.others.clone() {
-            changed |= self.refresh_listen(p);
+            changed |= self.refresh_listen(p, true);
         }
         changed |= self.refresh_log_files(pid);
         changed
     }
 
-    fn refresh_listen(&mut self, pid: i32) -> bool {
+    fn refresh_listen(&mut self, pid: i32, companion: bool) -> bool {
         let mut changed = false;
-        if !self.listen_fixed {
+        if companion || !self.listen_fixed {
             for p in procfs::listening_ports(pid) {
                 if !self.listen_ports.contains(&p) {
                     self.listen_ports.push(p);
