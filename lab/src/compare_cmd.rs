@@ -1,5 +1,8 @@
 //! `lab compare A B`: two runs side by side, the change per variant and per category.
-//! This is the before/after of a workshop step.
+//! This is the before/after of a workshop step. Blocked time is shown as the request
+//! path's and, apart, the idle waits of threads that served no request (a log writer
+//! sleeping between flushes is no request's wait); with `--trace-db` on both sides, the
+//! database's syscalls and CPU per request too.
 
 use std::fmt::Write;
 use std::path::PathBuf;
@@ -8,7 +11,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use serde::Serialize;
 
-use crate::results::{Run, CATEGORIES};
+use crate::results::{DatabaseSummary, Run, CATEGORIES};
 use crate::table::category;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -45,8 +48,68 @@ pub struct VariantChange {
     pub cpu_us_per_request: Change,
     pub syscalls_per_request: Change,
     pub ring_ops_per_request: Change,
-    /// (category, syscalls per request, off-CPU µs per request).
-    pub categories: Vec<(String, Change, Change)>,
+    /// (category, syscalls per request, off-CPU µs per request on the request path, idle
+    /// waits µs per request).
+    pub categories: Vec<(String, Change, Change, Change)>,
+    /// The database's side, when both runs traced it (`--trace-db`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database: Option<DatabaseChange>,
+}
+
+/// The database's side of a variant, before and after.
+#[derive(Debug, Clone, Serialize)]
+pub struct DatabaseChange {
+    pub syscalls_per_request: Change,
+    pub cpu_us_per_request: Change,
+    /// (process role, syscalls per request).
+    pub roles: Vec<(String, Change)>,
+}
+
+impl DatabaseChange {
+    fn of(before: &DatabaseSummary, after: &DatabaseSummary) -> DatabaseChange {
+        let mut names: Vec<&str> = before
+            .roles
+            .iter()
+            .chain(&after.roles)
+            .map(|r| r.role.as_str())
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        let calls = |s: &DatabaseSummary, role: &str| {
+            s.roles
+                .iter()
+                .find(|r| r.role == role)
+                .map_or(0.0, |r| r.syscalls_per_request)
+        };
+        let mut roles: Vec<(String, Change)> = names
+            .into_iter()
+            .map(|role| {
+                (
+                    role.to_string(),
+                    Change {
+                        before: calls(before, role),
+                        after: calls(after, role),
+                    },
+                )
+            })
+            .collect();
+        roles.sort_by(|a, b| {
+            b.1.before
+                .max(b.1.after)
+                .total_cmp(&a.1.before.max(a.1.after))
+        });
+        DatabaseChange {
+            syscalls_per_request: Change {
+                before: before.syscalls_per_request.median,
+                after: after.syscalls_per_request.median,
+            },
+            cpu_us_per_request: Change {
+                before: before.cpu_us_per_request.median,
+                after: after.cpu_us_per_request.median,
+            },
+            roles,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -84,13 +147,19 @@ pub fn compare(before: &Run, after: &Run) -> Comparison {
                         name.to_string(),
                         change(&|s| category(s, name).0 + category(s, name).1),
                         change(&|s| category(s, name).2),
+                        change(&|s| category(s, name).3),
                     )
                 })
                 .collect(),
+            database: sb
+                .database
+                .as_ref()
+                .zip(sa.database.as_ref())
+                .map(|(b, a)| DatabaseChange::of(b, a)),
         });
     }
     Comparison {
-        schema: "syscall-lab/compare/1",
+        schema: "syscall-lab/compare/2",
         before: before.id.clone(),
         after: after.id.clone(),
         variants,
@@ -127,12 +196,17 @@ pub fn render(c: &Comparison) -> String {
             "ring ops/request",
             fmt(&v.ring_ops_per_request, 2)
         );
-        for (name, calls, offcpu) in &v.categories {
-            if calls.before == 0.0
-                && calls.after == 0.0
-                && offcpu.before == 0.0
-                && offcpu.after == 0.0
-            {
+        let zero = |c: &Change| c.before == 0.0 && c.after == 0.0;
+        let mut idle_lines = Vec::new();
+        for (name, calls, offcpu, idle) in &v.categories {
+            if !zero(idle) {
+                idle_lines.push(format!(
+                    "  {:<26} {}",
+                    format!("{name} idle µs/request"),
+                    fmt(idle, 1)
+                ));
+            }
+            if zero(calls) && zero(offcpu) {
                 continue;
             }
             let _ = writeln!(
@@ -147,6 +221,42 @@ pub fn render(c: &Comparison) -> String {
                 format!("{name} off-CPU µs/request"),
                 fmt(offcpu, 1)
             );
+        }
+        if !idle_lines.is_empty() {
+            let _ = writeln!(
+                out,
+                "  idle waits (threads serving no request: idle workers, the log writer \
+                 between flushes; no request waited):"
+            );
+            for line in idle_lines {
+                let _ = writeln!(out, "{line}");
+            }
+        }
+        if let Some(d) = &v.database {
+            let _ = writeln!(
+                out,
+                "  the database (--trace-db), per request of the server:"
+            );
+            let _ = writeln!(
+                out,
+                "  {:<26} {}",
+                "db syscalls/request",
+                fmt(&d.syscalls_per_request, 2)
+            );
+            let _ = writeln!(
+                out,
+                "  {:<26} {}",
+                "db CPU µs/request",
+                fmt(&d.cpu_us_per_request, 1)
+            );
+            for (role, calls) in d.roles.iter().filter(|(_, c)| !zero(c)).take(4) {
+                let _ = writeln!(
+                    out,
+                    "  {:<26} {}",
+                    format!("db {role} calls/req"),
+                    fmt(calls, 2)
+                );
+            }
         }
     }
     if c.variants.is_empty() {

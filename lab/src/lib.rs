@@ -6,6 +6,7 @@
 //! | [`clock`] | UTC dates and times from Unix seconds (run ids, the report's dates) |
 //! | [`dashboards`] | `lab dashboards check`: every dashboard query against a Prometheus |
 //! | [`db_cmd`] | `lab db up|down|status|url|reset` |
+//! | [`db_side`] | `lab run --trace-db`: the database's postmaster and its CPU over a window |
 //! | [`net`] | `lab run --hosts separate` and `lab net`: hosts in network namespaces, links with latency |
 //! | [`placement`] | which CPUs the server and the load generator run on |
 //! | [`report`] | the HTML report of a run (`report.html`) |
@@ -20,6 +21,7 @@ pub mod clock;
 pub mod compare_cmd;
 pub mod dashboards;
 pub mod db_cmd;
+pub mod db_side;
 pub mod net;
 pub mod placement;
 pub mod report;

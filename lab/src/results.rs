@@ -11,7 +11,11 @@ pub const SCHEMA: &str = "syscall-lab/run";
 /// runs without a profiling phase. Version 3 added `topology` and `config.hosts`,
 /// `config.db_latency_ms`, `config.client_latency_ms`, `config.jitter_ms`; older files read
 /// as runs on one host. Version 4 added `variants[].request_log` (the server's request
-/// log summarised; `config.keep_logs`) and `process.server_cpus`.
+/// log summarised; `config.keep_logs`) and `process.server_cpus`; it split blocked time: a
+/// category's `offcpu_us_per_request` is the request path's only,
+/// `idle_offcpu_us_per_request` the waits of threads that served no request (in versions
+/// 1-3 the first held both and the second reads as 0); and it added `config.trace_db`,
+/// `rounds[].database` and `summary.database` (`--trace-db`).
 pub const SCHEMA_VERSION: u32 = 4;
 
 /// The oldest version [`Run::load`] reads.
@@ -161,6 +165,9 @@ pub struct RunConfig {
     /// `--keep-logs`: the servers' full request logs stay in the run folder.
     #[serde(default)]
     pub keep_logs: bool,
+    /// `--trace-db`: the database's postmaster and backends traced beside the server.
+    #[serde(default)]
+    pub trace_db: bool,
 }
 
 fn same_host() -> String {
@@ -236,6 +243,26 @@ pub struct Round {
     pub load: loadgen::Report,
     pub profile: Option<tracer::Profile>,
     pub process: ProcessFigures,
+    /// `--trace-db`: the database's side of the same window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<DatabaseRound>,
+}
+
+/// The database's side of one measured window (`lab run --trace-db`): its postmaster and
+/// every process below it, traced in the same session as the server.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DatabaseRound {
+    /// The postmaster's pid (the root of the traced tree).
+    pub postmaster: i32,
+    /// Its profile, normalised by the requests the load generator completed (the HTTP
+    /// requests: what the database does per request of the server).
+    pub profile: Option<tracer::Profile>,
+    /// CPU time of the whole tree over the window (processes that exited meanwhile
+    /// included, through their parent's children's times).
+    pub user_cpu_s: f64,
+    pub system_cpu_s: f64,
+    /// Processes in the tree at the end of the window.
+    pub processes: u64,
 }
 
 /// The server process over the measured window, from /proc.
@@ -290,8 +317,170 @@ pub struct CategorySummary {
     pub category: String,
     pub syscalls_per_request: f64,
     pub ring_ops_per_request: f64,
-    /// Time blocked (off-CPU, not run-queue delay) inside this category's calls, per request.
+    /// Time blocked (off-CPU, not run-queue delay) inside this category's calls, per
+    /// request, on the request path: while the thread served a request.
     pub offcpu_us_per_request: f64,
+    /// Time blocked inside this category's calls by threads that served no request at the
+    /// time (idle pool workers, the log writer between flushes, an event loop with nothing
+    /// in flight), per request of the window: not time any request waited.
+    #[serde(default)]
+    pub idle_offcpu_us_per_request: f64,
+}
+
+impl CategorySummary {
+    /// Medians over traced windows, each `(profile, requests)`, of every category.
+    pub fn of_profiles(windows: &[(&tracer::Profile, f64)]) -> Vec<CategorySummary> {
+        CATEGORIES
+            .iter()
+            .map(|name| {
+                let of = |f: &dyn Fn(&tracer::profile::CategoryRow) -> f64| {
+                    let per: Vec<f64> = windows
+                        .iter()
+                        .map(|(profile, requests)| {
+                            let row = profile
+                                .categories
+                                .iter()
+                                .find(|c| c.category.name() == *name);
+                            row.map_or(0.0, f) / requests
+                        })
+                        .collect();
+                    Spread::of(&per).median
+                };
+                CategorySummary {
+                    category: name.to_string(),
+                    syscalls_per_request: of(&|c| c.syscalls.count as f64),
+                    ring_ops_per_request: of(&|c| c.ring_ops.count as f64),
+                    offcpu_us_per_request: of(&|c| {
+                        (c.syscalls.request_blocked_ns() + c.ring_ops.request_blocked_ns()) as f64
+                            / 1e3
+                    }),
+                    idle_offcpu_us_per_request: of(&|c| {
+                        (c.syscalls.idle_blocked_ns + c.ring_ops.idle_blocked_ns) as f64 / 1e3
+                    }),
+                }
+            })
+            .collect()
+    }
+}
+
+/// The database's side of a variant (`--trace-db`): medians over rounds, per request of
+/// the server.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DatabaseSummary {
+    pub syscalls_per_request: Spread,
+    /// CPU of the database's processes per request.
+    pub cpu_us_per_request: Spread,
+    pub categories: Vec<CategorySummary>,
+    /// Per process role (`client backend`, `walwriter`...), most calls first.
+    pub roles: Vec<RoleSummary>,
+}
+
+/// One process role of the database.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RoleSummary {
+    pub role: String,
+    /// Most processes of this role seen in one window.
+    pub processes: u64,
+    pub syscalls_per_request: f64,
+    /// Blocked on the request path, per request (µs).
+    pub offcpu_us_per_request: f64,
+    /// Blocked while serving no request (a backend waiting for its next query), per
+    /// request (µs).
+    pub idle_offcpu_us_per_request: f64,
+}
+
+impl DatabaseSummary {
+    /// Syscalls and ring operations per request in category `name`.
+    pub fn calls_in(&self, name: &str) -> f64 {
+        self.categories
+            .iter()
+            .find(|c| c.category == name)
+            .map_or(0.0, |c| c.syscalls_per_request + c.ring_ops_per_request)
+    }
+
+    /// Idle waits per request, every category together (µs).
+    pub fn idle_us(&self) -> f64 {
+        self.categories
+            .iter()
+            .map(|c| c.idle_offcpu_us_per_request)
+            .sum()
+    }
+
+    fn of(rounds: &[&Round]) -> Option<DatabaseSummary> {
+        let traced: Vec<(&tracer::Profile, f64, &DatabaseRound)> = rounds
+            .iter()
+            .filter_map(|r| {
+                let d = r.database.as_ref()?;
+                Some((d.profile.as_ref()?, r.load.requests.max(1) as f64, d))
+            })
+            .collect();
+        if traced.is_empty() {
+            return None;
+        }
+        let windows: Vec<(&tracer::Profile, f64)> =
+            traced.iter().map(|(p, n, _)| (*p, *n)).collect();
+        let mut names: Vec<&str> = traced
+            .iter()
+            .flat_map(|(p, _, _)| p.processes.iter().map(|r| r.process.as_str()))
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        let mut roles: Vec<RoleSummary> = names
+            .into_iter()
+            .map(|role| {
+                let median = |f: &dyn Fn(&tracer::profile::ProcessRow) -> f64| {
+                    let per: Vec<f64> = traced
+                        .iter()
+                        .map(|(p, n, _)| {
+                            p.processes
+                                .iter()
+                                .filter(|r| r.process == role)
+                                .map(f)
+                                .sum::<f64>()
+                                / n
+                        })
+                        .collect();
+                    Spread::of(&per).median
+                };
+                RoleSummary {
+                    role: role.to_string(),
+                    processes: traced
+                        .iter()
+                        .flat_map(|(p, _, _)| p.processes.iter())
+                        .filter(|r| r.process == role)
+                        .map(|r| r.pids)
+                        .max()
+                        .unwrap_or(0),
+                    syscalls_per_request: median(&|r| r.count as f64),
+                    offcpu_us_per_request: median(&|r| {
+                        r.blocked_ns.saturating_sub(r.idle_blocked_ns) as f64 / 1e3
+                    }),
+                    idle_offcpu_us_per_request: median(&|r| r.idle_blocked_ns as f64 / 1e3),
+                }
+            })
+            .collect();
+        roles.sort_by(|a, b| {
+            b.syscalls_per_request
+                .total_cmp(&a.syscalls_per_request)
+                .then_with(|| a.role.cmp(&b.role))
+        });
+        Some(DatabaseSummary {
+            syscalls_per_request: Spread::of(
+                &traced
+                    .iter()
+                    .map(|(p, n, _)| (p.totals.syscalls.count + p.totals.ring_ops.count) as f64 / n)
+                    .collect::<Vec<_>>(),
+            ),
+            cpu_us_per_request: Spread::of(
+                &traced
+                    .iter()
+                    .map(|(_, n, d)| (d.user_cpu_s + d.system_cpu_s) * 1e6 / n)
+                    .collect::<Vec<_>>(),
+            ),
+            categories: CategorySummary::of_profiles(&windows),
+            roles,
+        })
+    }
 }
 
 /// What the table and the charts show for a variant: medians over rounds.
@@ -310,6 +499,9 @@ pub struct Summary {
     pub context_switches_per_request: Spread,
     pub threads: u64,
     pub peak_rss_bytes: u64,
+    /// `--trace-db`: the database's side, None without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<DatabaseSummary>,
 }
 
 impl Summary {
@@ -322,35 +514,11 @@ impl Summary {
             |f: &dyn Fn(&Round) -> f64| Spread::of(&rounds.iter().map(f).collect::<Vec<_>>());
         let requests = |r: &Round| r.load.requests.max(1) as f64;
         let traced: Vec<&Round> = rounds.iter().filter(|r| r.profile.is_some()).collect();
-        let categories = CATEGORIES
+        let windows: Vec<(&tracer::Profile, f64)> = traced
             .iter()
-            .map(|name| {
-                let of = |f: &dyn Fn(&tracer::profile::CategoryRow) -> f64| {
-                    Spread::of(
-                        &traced
-                            .iter()
-                            .map(|r| {
-                                let profile = r.profile.as_ref().expect("filtered above");
-                                let row = profile
-                                    .categories
-                                    .iter()
-                                    .find(|c| c.category.name() == *name);
-                                row.map_or(0.0, f) / requests(r)
-                            })
-                            .collect::<Vec<_>>(),
-                    )
-                    .median
-                };
-                CategorySummary {
-                    category: name.to_string(),
-                    syscalls_per_request: of(&|c| c.syscalls.count as f64),
-                    ring_ops_per_request: of(&|c| c.ring_ops.count as f64),
-                    offcpu_us_per_request: of(&|c| {
-                        (c.syscalls.blocked_ns + c.ring_ops.blocked_ns) as f64 / 1e3
-                    }),
-                }
-            })
+            .map(|r| (r.profile.as_ref().expect("filtered above"), requests(r)))
             .collect();
+        let categories = CategorySummary::of_profiles(&windows);
         let traced_spread = |f: &dyn Fn(&tracer::Profile) -> f64| {
             (!traced.is_empty()).then(|| {
                 Spread::of(
@@ -382,6 +550,7 @@ impl Summary {
                 .map(|r| r.process.peak_rss_bytes)
                 .max()
                 .unwrap_or(0),
+            database: DatabaseSummary::of(&rounds.iter().collect::<Vec<_>>()),
         })
     }
 }

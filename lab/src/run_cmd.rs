@@ -14,6 +14,11 @@
 //!
 //! Placement on CPUs ([`crate::placement`]): the server on the first half of the CPUs,
 //! the load generator (which runs inside this process) on the second half.
+//!
+//! With `--trace-db`, the tracer follows the database's postmaster and its backends in the
+//! same session as the server (one set of syscall hooks for both, [`crate::db_side`] finds
+//! the postmaster), and each round records the database's profile and CPU beside the
+//! server's.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -25,8 +30,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::placement::Placement;
 use crate::results::{
-    CpuProfile, Environment, ProcessFigures, RequestLog, Round, Run, RunConfig, Summary,
-    VariantResult, LOG_LAST_LINES, SCHEMA, SCHEMA_VERSION, TOP_FUNCTIONS,
+    CpuProfile, DatabaseRound, Environment, ProcessFigures, RequestLog, Round, Run, RunConfig,
+    Summary, VariantResult, LOG_LAST_LINES, SCHEMA, SCHEMA_VERSION, TOP_FUNCTIONS,
 };
 use servers::launch::{sibling_binary, LaunchOptions, ServerProcess};
 
@@ -111,6 +116,12 @@ pub struct RunArgs {
     /// Tracer backend.
     #[arg(long, value_enum, default_value_t = TracerChoice::Auto)]
     pub tracer: TracerChoice,
+    /// Also trace the database in the same window: its postmaster and every backend (eBPF
+    /// only; the database must run on this machine). Its syscalls, blocked time and CPU
+    /// per request appear beside the server's, per process role (client backend,
+    /// walwriter...), so pooled and pipelined clients show what they cost on both sides.
+    #[arg(long)]
+    pub trace_db: bool,
     /// Rounds; the variant order rotates between rounds, the table shows medians.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub repeat: u32,
@@ -282,8 +293,9 @@ pub fn execute(args: &RunArgs) -> Result<Run> {
     let mut notes = Vec::new();
     // --hosts separate: the hosts and links first (the database runs on one of them).
     let network = crate::net::start_for_run(args, &mut notes)?;
-    let url = match &network {
-        Some(network) => network.start_database()?,
+    // The cluster's data directory, when the lab runs it (for --trace-db's postmaster).
+    let (url, data_dir) = match &network {
+        Some(network) => (network.start_database()?, Some(network.database().data_dir)),
         None => {
             let database = match args.database_url.as_deref().filter(|u| !u.is_empty()) {
                 Some(url) => db::Database::External {
@@ -295,7 +307,11 @@ pub fn execute(args: &RunArgs) -> Result<Run> {
                 "lab run: preparing the database ({})",
                 db::redact(&database.url())
             );
-            database.ensure_ready()?
+            let data_dir = match &database {
+                db::Database::Embedded(config) => Some(config.data_dir.clone()),
+                db::Database::External { .. } => None,
+            };
+            (database.ensure_ready()?, data_dir)
         }
     };
 
@@ -316,6 +332,20 @@ pub fn execute(args: &RunArgs) -> Result<Run> {
                 Some(tracer::Backend::Ptrace)
             }
         },
+    };
+    let postmaster = if args.trace_db {
+        if backend != Some(tracer::Backend::Ebpf) {
+            bail!(
+                "--trace-db traces the database beside the server with eBPF (the {} tracer \
+                 follows one process tree): run as root, with --tracer ebpf or auto",
+                backend.map_or("off", |b| b.name())
+            );
+        }
+        let pid = crate::db_side::postmaster(&url, data_dir.as_deref())?;
+        eprintln!("lab run: tracing the database too (postmaster pid {pid} and its backends)");
+        Some(pid)
+    } else {
+        None
     };
     let placement = Placement::choose();
     let exported = if args.export {
@@ -353,6 +383,7 @@ pub fn execute(args: &RunArgs) -> Result<Run> {
         client_latency_ms: crate::net::HostArgs::millis(args.hosts.client_latency),
         jitter_ms: crate::net::HostArgs::millis(args.hosts.jitter),
         keep_logs: args.keep_logs,
+        trace_db: args.trace_db,
     };
     let postgres = {
         // The server's view of the database.
@@ -417,6 +448,7 @@ pub fn execute(args: &RunArgs) -> Result<Run> {
                 label: format!("{} · round {}/{}", result.variant, round + 1, args.repeat),
                 exported: exported.as_ref(),
                 network: network.as_ref(),
+                postmaster,
             };
             let profiled = if last_round {
                 args.flamegraph.map(|seconds| ProfileRequest {
@@ -511,6 +543,8 @@ struct Step<'a> {
     /// `--hosts separate`: the server starts in its namespace, and everything that talks
     /// to it (load, /metrics, profiles) from the client's.
     network: Option<&'a crate::net::Network>,
+    /// `--trace-db`: the database's postmaster, traced as the session's companion.
+    postmaster: Option<i32>,
 }
 
 impl Step<'_> {
@@ -570,6 +604,7 @@ impl Step<'_> {
         self.phase("measuring");
         let before = read_process(server.pid(), server.addr())
             .map_err(|e| Failure::new(format!("{e:#}"), Some(&server)))?;
+        let db_before = self.postmaster.map(crate::db_side::TreeCpu::read);
         let session = match self.backend {
             Some(backend) => Some(
                 self.placement
@@ -590,6 +625,8 @@ impl Step<'_> {
                                     },
                                 },
                                 variant: Some(variant.to_string()),
+                                children: true,
+                                companions: self.postmaster.into_iter().collect(),
                             },
                         )
                     })
@@ -615,15 +652,20 @@ impl Step<'_> {
             &mut export,
             None,
         );
-        let profile =
-            match session {
-                Some(session) => Some(session.stop().map_err(|e| {
-                    Failure::new(format!("the tracer failed: {e:#}"), Some(&server))
-                })?),
-                None => None,
-            };
+        let mut profiles = match session {
+            Some(session) => session
+                .stop_all()
+                .map_err(|e| Failure::new(format!("the tracer failed: {e:#}"), Some(&server)))?,
+            None => Vec::new(),
+        };
+        let db_profile = (profiles.len() > 1).then(|| profiles.remove(1));
+        let profile = (!profiles.is_empty()).then(|| profiles.remove(0));
         let after = read_process(server.pid(), server.addr())
             .map_err(|e| Failure::new(format!("{e:#}"), Some(&server)))?;
+        let database = self
+            .postmaster
+            .zip(db_before)
+            .map(|(pid, before)| (pid, crate::db_side::TreeCpu::read(pid).since(&before)));
         let load = load.map_err(|e| Failure::new(e, Some(&server)))?;
         self.progress.inc(1);
 
@@ -664,9 +706,17 @@ impl Step<'_> {
             }
         }
         self.progress.inc(1);
-        let profile = profile.map(|mut p| {
+        let per_request = |mut p: tracer::Profile| {
             p.per_request(load.requests);
             p
+        };
+        let profile = profile.map(per_request);
+        let database = database.map(|(postmaster, cpu)| DatabaseRound {
+            postmaster,
+            profile: db_profile.map(per_request),
+            user_cpu_s: cpu.user_s,
+            system_cpu_s: cpu.system_s,
+            processes: cpu.processes,
         });
         let mut process = after.since(&before);
         process.threads = process.threads.max(threads_seen.get());
@@ -676,6 +726,7 @@ impl Step<'_> {
             load,
             profile,
             process,
+            database,
         })
     }
 

@@ -475,6 +475,8 @@ fn verify(entry: &Entry, iterations: u64) -> Result<f64> {
             backend: tracer::Backend::Ebpf,
             overrides: tracer::Overrides::default(),
             variant: None,
+            children: true,
+            companions: Vec::new(),
         },
     );
     let session = match session {

@@ -2,15 +2,16 @@
 
 use std::fmt::Write;
 
-use crate::results::{Run, Summary, CATEGORIES};
+use crate::results::{CategorySummary, Run, Summary, CATEGORIES};
 
 /// Short column headings for the categories.
 const SHORT: [&str; 8] = [
     "net", "db", "log", "evloop", "sync", "threads", "mem", "other",
 ];
 
-/// Three tables: throughput and process figures; syscalls per request by category;
-/// off-CPU time per request by category.
+/// Tables: throughput and process figures; syscalls per request by category; off-CPU
+/// time per request by category on the request path, and apart the idle waits of threads
+/// that served no request; with `--trace-db`, the database's side.
 pub fn render(run: &Run) -> String {
     let mut out = String::new();
     let _ = writeln!(
@@ -102,27 +103,20 @@ pub fn render(run: &Run) -> String {
         }
         out.push('\n');
     }
-    let _ = write!(
-        out,
-        "\noff-CPU µs per request (blocked inside calls)\n{:<20} {:>7}",
-        "variant", "total"
+    offcpu_table(
+        &mut out,
+        "off-CPU µs per request on the request path (blocked inside calls while serving a request)",
+        run,
+        &|c| c.offcpu_us_per_request,
     );
-    for short in SHORT {
-        let _ = write!(out, " {short:>7}");
-    }
-    out.push('\n');
-    for (v, s) in run
-        .variants
-        .iter()
-        .filter_map(|v| v.summary.as_ref().map(|s| (v, s)))
-    {
-        let total: f64 = s.categories.iter().map(|c| c.offcpu_us_per_request).sum();
-        let _ = write!(out, "{:<20} {:>7.1}", v.variant, total);
-        for name in CATEGORIES {
-            let _ = write!(out, " {:>7.1}", category(s, name).2);
-        }
-        out.push('\n');
-    }
+    offcpu_table(
+        &mut out,
+        "idle waits µs per request (blocked while serving no request: idle workers, the log \
+         writer between flushes, an event loop with nothing in flight; no request waited)",
+        run,
+        &|c| c.idle_offcpu_us_per_request,
+    );
+    database_table(&mut out, run);
     for note in &run.environment.notes {
         let _ = writeln!(out, "note: {note}");
     }
@@ -142,17 +136,87 @@ pub fn figure(value: f64) -> String {
     }
 }
 
-/// (syscalls, ring ops, off-CPU µs) per request of a category.
-pub fn category(summary: &Summary, name: &str) -> (f64, f64, f64) {
+/// Blocked µs per request by category, one row per variant (`of` picks the request
+/// path's or the idle waits).
+fn offcpu_table(out: &mut String, title: &str, run: &Run, of: &dyn Fn(&CategorySummary) -> f64) {
+    let _ = write!(out, "\n{title}\n{:<20} {:>7}", "variant", "total");
+    for short in SHORT {
+        let _ = write!(out, " {short:>7}");
+    }
+    out.push('\n');
+    for (v, s) in run
+        .variants
+        .iter()
+        .filter_map(|v| v.summary.as_ref().map(|s| (v, s)))
+    {
+        let total: f64 = s.categories.iter().map(of).sum();
+        let _ = write!(out, "{:<20} {:>7.1}", v.variant, total);
+        for name in CATEGORIES {
+            let c = s.categories.iter().find(|c| c.category == name);
+            let _ = write!(out, " {:>7.1}", c.map_or(0.0, of));
+        }
+        out.push('\n');
+    }
+}
+
+/// `--trace-db`: what the database did per request of each variant: its syscalls by
+/// category (its `network` is its clients: the server's database connections), its CPU,
+/// and its busiest process roles.
+fn database_table(out: &mut String, run: &Run) {
+    let rows: Vec<_> = run
+        .variants
+        .iter()
+        .filter_map(|v| Some((v, v.summary.as_ref()?.database.as_ref()?)))
+        .collect();
+    if rows.is_empty() {
+        return;
+    }
+    let _ = write!(
+        out,
+        "\nthe database per request (--trace-db: postmaster and backends; its net is its \
+         clients)\n{:<20} {:>7} {:>7}",
+        "variant", "CPU µs", "calls"
+    );
+    for short in SHORT {
+        let _ = write!(out, " {short:>7}");
+    }
+    let _ = writeln!(out, " {:>7}  by process role (calls/req)", "idle µs");
+    for (v, d) in rows {
+        let _ = write!(
+            out,
+            "{:<20} {:>7.1} {:>7}",
+            v.variant,
+            d.cpu_us_per_request.median,
+            figure(d.syscalls_per_request.median)
+        );
+        for name in CATEGORIES {
+            let _ = write!(out, " {:>7}", figure(d.calls_in(name)));
+        }
+        let idle = d.idle_us();
+        let roles: Vec<String> = d
+            .roles
+            .iter()
+            .filter(|r| r.syscalls_per_request > 0.0)
+            .take(4)
+            .map(|r| format!("{} {}", r.role, figure(r.syscalls_per_request)))
+            .collect();
+        let _ = writeln!(out, " {idle:>7.1}  {}", roles.join(", "));
+    }
+}
+
+/// (syscalls, ring ops, off-CPU µs on the request path, idle waits µs) per request of a
+/// category.
+pub fn category(summary: &Summary, name: &str) -> (f64, f64, f64, f64) {
     summary
         .categories
         .iter()
         .find(|c| c.category == name)
-        .map_or((0.0, 0.0, 0.0), |c| {
+        .map_or((0.0, 0.0, 0.0, 0.0), |c| {
             (
                 c.syscalls_per_request,
                 c.ring_ops_per_request,
                 c.offcpu_us_per_request,
+                c.idle_offcpu_us_per_request,
             )
         })
 }

@@ -314,6 +314,93 @@ fn two_runs_in_one_process_place_the_server_alike() {
         .expect("a log summary");
     assert!(summary.file.is_none() && summary.lines > 0, "{summary:?}");
     assert!(!out.join(&second.id).join("epoll.log").exists());
+}
+
+/// Issue 16, point 5: `--trace-db` traces the database's postmaster and backends beside the
+/// server, and the run shows what the database did per request: its client backends read
+/// each query and answer it on their client sockets (its `network`), and its CPU.
+#[test]
+fn trace_db_puts_the_databases_side_beside_the_servers() {
+    require_root();
+    let out = tempdir("run-trace-db");
+    let output = lab_run()
+        .args(["--variants", "epoll", "--workload", "db"])
+        .args(["--duration", "2s", "--warmup", "1s", "--connections", "8"])
+        .args(["--tracer", "ebpf", "--trace-db", "--out"])
+        .arg(&out)
+        .output()
+        .expect("running lab run");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "lab run --trace-db failed ({}):\n{stdout}\n{stderr}",
+        output.status
+    );
+    let run_dir = only_run(&out);
+    let run = Run::load(&run_dir).expect("run.json reads back");
+    assert!(run.config.trace_db);
+    let epoll = &run.variants[0];
+    let round = &epoll.rounds[0];
+    let database = round
+        .database
+        .as_ref()
+        .expect("the database's side of the round");
+    let profile = database.profile.as_ref().expect("the database's profile");
+    assert_eq!(profile.target.pid, database.postmaster);
+    assert_eq!(profile.requests, Some(round.load.requests));
+    let summary = epoll.summary.as_ref().unwrap().database.as_ref().unwrap();
+    let backend = summary
+        .roles
+        .iter()
+        .find(|r| r.role == "client backend")
+        .unwrap_or_else(|| panic!("no client backend role: {:?}", summary.roles));
+    let net = summary
+        .categories
+        .iter()
+        .find(|c| c.category == "network")
+        .map_or(0.0, |c| c.syscalls_per_request);
+    // One query per request: the backend's recvfrom of it (and its EAGAIN retry) and its
+    // sendto of the answer, on its client socket.
+    assert!(
+        (1.5..=5.0).contains(&net),
+        "the database's network calls per request: {net}\n{stdout}"
+    );
+    assert!(backend.syscalls_per_request >= net, "{summary:?}");
+    assert!(
+        summary.cpu_us_per_request.median > 0.0 && database.processes >= 2,
+        "{summary:?} {database:?}"
+    );
+    // The server's side is as before: its end of the same connections is `database`.
+    let server_db = epoll
+        .summary
+        .as_ref()
+        .unwrap()
+        .categories
+        .iter()
+        .find(|c| c.category == "database")
+        .map_or(0.0, |c| c.syscalls_per_request);
+    assert!(
+        server_db >= 1.5,
+        "server's database calls per request: {server_db}"
+    );
+    assert!(
+        stdout.contains("the database per request") && stdout.contains("client backend"),
+        "{stdout}"
+    );
+    let html = std::fs::read_to_string(run_dir.join("report.html")).unwrap();
+    assert!(html.contains("id=\"database\"") && html.contains("client backend"));
+    let compare = Command::new(lab())
+        .arg("compare")
+        .arg(&run_dir)
+        .arg(&run_dir)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&compare.stdout);
+    assert!(
+        compare.status.success() && text.contains("db syscalls/request"),
+        "{text}"
+    );
     let _ = std::fs::remove_dir_all(&out);
 }
 

@@ -42,7 +42,8 @@ PORT=${PORT:-18181}
 ADDR=http://127.0.0.1:$PORT/plaintext
 SERVER=("$BIN/server" --variant epoll --workers 1 --log off --listen 127.0.0.1:$PORT --database-url "$URL")
 
-for t in wrk strace bpftrace taskset /usr/bin/time; do command -v $t >/dev/null || { echo "missing $t"; exit 1; }; done
+for t in wrk strace taskset /usr/bin/time; do command -v $t >/dev/null || { echo "missing $t"; exit 1; }; done
+[[ ${SCALE:-1} == 0 ]] || command -v bpftrace >/dev/null || { echo "missing bpftrace (or SCALE=0)"; exit 1; }
 GEN=${GEN:-wrk}
 case $GEN in
   wrk) GEN_CMD=(wrk) ;;

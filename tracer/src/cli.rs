@@ -18,9 +18,15 @@ use crate::session::{start, Backend, Options, Target};
 /// logging and the I/O machinery.
 #[derive(Debug, Clone, clap::Args)]
 pub struct TraceArgs {
-    /// Trace this running process (all its threads, and threads it creates later).
+    /// Trace this running process: all its threads and threads it creates later, and (see
+    /// --no-children) the processes below it, those that exist and those it forks later.
     #[arg(long, conflicts_with = "command")]
     pub pid: Option<i32>,
+    /// Trace the one process only, not its child processes. By default the whole tree below
+    /// it is traced (PostgreSQL's backends, nginx's workers, forked helpers), with a
+    /// breakdown per process role.
+    #[arg(long, alias = "only-pid")]
+    pub no_children: bool,
     /// ebpf: in-kernel, exact, low overhead (needs root or CAP_BPF+CAP_PERFMON and BTF).
     /// ptrace: a slower approximation that needs no special privileges for its own child.
     /// strace: Debian's `strace -f -c` attached to --pid, counts by name only (the peer).
@@ -122,6 +128,8 @@ pub fn run(args: TraceArgs) -> Result<ExitCode> {
             log_files: args.log_files.clone(),
         },
         variant: args.variant.clone(),
+        children: !args.no_children,
+        companions: Vec::new(),
     };
     install_signal_handlers();
     let session = match start(target, opts) {
@@ -132,8 +140,13 @@ pub fn run(args: TraceArgs) -> Result<ExitCode> {
         }
     };
     eprintln!(
-        "lab trace: tracing pid {} with the {} backend{}",
+        "lab trace: tracing pid {}{} with the {} backend{}",
         session.pid(),
+        if args.no_children {
+            ""
+        } else {
+            " and its child processes"
+        },
         args.backend.name(),
         if args.duration.is_none() {
             " (Ctrl-C to stop)"

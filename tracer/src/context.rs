@@ -107,6 +107,8 @@ pub struct Context {
     pub log_files: Vec<LogFile>,
     listen_fixed: bool,
     logs_fixed: bool,
+    /// Other processes whose listening ports and log files count too (companions).
+    others: Vec<i32>,
 }
 
 impl Context {
@@ -135,16 +137,40 @@ impl Context {
                 .collect(),
             listen_fixed: !o.listen_ports.is_empty(),
             logs_fixed: !o.log_files.is_empty(),
+            others: Vec::new(),
         };
         c.refresh(pid);
         c
     }
 
+    /// Adds the listening ports and log files of `pids` (traced beside the target: the
+    /// database's postmaster, say) to what is discovered, now and at every refresh. Their
+    /// listening ports are discovered even when the target's are given (`--listen-port`
+    /// names the target's).
+    pub fn include(&mut self, pids: &[i32]) {
+        self.others.extend_from_slice(pids);
+        for &p in pids {
+            self.refresh_listen(p, true);
+        }
+        if let Some(&first) = pids.first() {
+            self.refresh_log_files(first);
+        }
+    }
+
     /// Re-reads what is discovered (a spawned server opens its log and listens after the
     /// trace starts). Returns true when something changed.
     pub fn refresh(&mut self, pid: i32) -> bool {
+        let mut changed = self.refresh_listen(pid, false);
+        for p in self.others.clone() {
+            changed |= self.refresh_listen(p, true);
+        }
+        changed |= self.refresh_log_files(pid);
+        changed
+    }
+
+    fn refresh_listen(&mut self, pid: i32, companion: bool) -> bool {
         let mut changed = false;
-        if !self.listen_fixed {
+        if companion || !self.listen_fixed {
             for p in procfs::listening_ports(pid) {
                 if !self.listen_ports.contains(&p) {
                     self.listen_ports.push(p);
@@ -152,7 +178,6 @@ impl Context {
                 }
             }
         }
-        changed |= self.refresh_log_files(pid);
         changed
     }
 
@@ -163,7 +188,8 @@ impl Context {
     pub fn refresh_log_files(&mut self, pid: i32) -> bool {
         let mut changed = false;
         if !self.logs_fixed {
-            for p in procfs::files_open_for_writing(pid) {
+            let pids = std::iter::once(pid).chain(self.others.iter().copied());
+            for p in pids.flat_map(procfs::files_open_for_writing) {
                 if !self.log_files.iter().any(|l| l.path == p) {
                     self.log_files.push(LogFile { path: p, id: None });
                 }

@@ -13,6 +13,7 @@ pub mod ebpf;
 pub mod exporter;
 pub mod privileges;
 pub mod procfs;
+pub mod procrole;
 pub mod profile;
 pub mod ptrace;
 pub mod render;

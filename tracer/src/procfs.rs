@@ -228,6 +228,43 @@ pub fn listening_ports(pid: i32) -> Vec<u16> {
     ports
 }
 
+/// The process that listens on TCP `port` (in this network namespace): of the processes
+/// holding the listening socket, the one whose parent does not (PostgreSQL's postmaster,
+/// nginx's master), for tracing a server named by its port. None when nobody listens or
+/// the socket's holders cannot be read.
+pub fn listener_pid(port: u16) -> Option<i32> {
+    let inodes: std::collections::HashSet<u64> = tcp_sockets(std::process::id() as i32)
+        .into_iter()
+        .filter(|(_, s)| s.listening && s.local_port == port)
+        .map(|(ino, _)| ino)
+        .collect();
+    if inodes.is_empty() {
+        return None;
+    }
+    let holders: Vec<i32> = fs::read_dir("/proc")
+        .ok()?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| {
+            fds(pid).into_iter().any(
+                |fd| matches!(fd_target(pid, fd), Some(FdTarget::Socket(i)) if inodes.contains(&i)),
+            )
+        })
+        .collect();
+    let parent = |pid: i32| -> Option<i32> {
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        stat.rsplit(')')
+            .next()?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    };
+    holders
+        .iter()
+        .copied()
+        .find(|&p| parent(p).is_none_or(|pp| !holders.contains(&pp)))
+}
+
 /// Regular files the process has open for writing (its log files, by default).
 pub fn files_open_for_writing(pid: i32) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = fds(pid)
@@ -286,6 +323,50 @@ pub fn tasks(pid: i32) -> Vec<i32> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// The child processes of `pid` (of all its threads), from /proc/PID/task/TID/children.
+pub fn children(pid: i32) -> Vec<i32> {
+    let mut v: Vec<i32> = tasks(pid)
+        .into_iter()
+        .flat_map(|tid| {
+            fs::read_to_string(format!("/proc/{pid}/task/{tid}/children"))
+                .unwrap_or_default()
+                .split_whitespace()
+                .filter_map(|c| c.parse().ok())
+                .collect::<Vec<i32>>()
+        })
+        .collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+/// Every process below `pid` in the process tree, as (pid, parent pid), parents first.
+pub fn descendants(pid: i32) -> Vec<(i32, i32)> {
+    let mut out = Vec::new();
+    let mut queue = std::collections::VecDeque::from([pid]);
+    let mut seen = std::collections::HashSet::from([pid]);
+    while let Some(p) = queue.pop_front() {
+        for c in children(p) {
+            if seen.insert(c) {
+                out.push((c, p));
+                queue.push_back(c);
+            }
+        }
+    }
+    out
+}
+
+/// The process (thread group) of thread `tid`: `Tgid:` of /proc/TID/status.
+pub fn tgid(tid: i32) -> Option<i32> {
+    fs::read_to_string(format!("/proc/{tid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("Tgid:"))?
+        .trim()
+        .parse()
+        .ok()
 }
 
 pub fn cmdline(pid: i32) -> String {

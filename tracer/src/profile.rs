@@ -1,11 +1,11 @@
 //! The result of a trace: [`Profile`], the versioned, serde-serializable type that `lab run`
 //! embeds in run.json and `lab trace --json` writes (schema in docs/tracer.md).
 //!
-//! Backends hand over raw [`Record`]s (one per thread role x kind x call x category); this
-//! module folds them into per-call, per-category and per-role rows and normalises them per
-//! request.
+//! Backends hand over raw [`Record`]s (one per process x thread role x kind x call x
+//! category); this module folds them into per-call, per-category, per-thread-role and
+//! per-process-role rows and normalises them per request.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -41,6 +41,12 @@ pub struct Stats {
     pub blocked_ns: u64,
     /// Off-CPU time while inside the call, runnable but not running (run-queue delay).
     pub runq_ns: u64,
+    /// The part of `blocked_ns` a thread spent while it served no request: a pool worker
+    /// waiting for work, a log writer between flushes, an event loop with nothing in
+    /// flight (docs/tracer.md, "Request path and idle waits"). `blocked_ns -
+    /// idle_blocked_ns` is the request path's.
+    #[serde(default)]
+    pub idle_blocked_ns: u64,
     /// log2 latency histogram, trailing empty buckets dropped.
     #[serde(default)]
     pub hist_log2_ns: Vec<u64>,
@@ -55,6 +61,7 @@ impl Stats {
         self.bytes += o.bytes;
         self.blocked_ns += o.blocked_ns;
         self.runq_ns += o.runq_ns;
+        self.idle_blocked_ns += o.idle_blocked_ns;
         if self.hist_log2_ns.len() < o.hist_log2_ns.len() {
             self.hist_log2_ns.resize(o.hist_log2_ns.len(), 0);
         }
@@ -93,7 +100,13 @@ impl Stats {
             bytes: self.bytes as f64 / n,
             time_ns: self.time_ns as f64 / n,
             blocked_ns: self.blocked_ns as f64 / n,
+            idle_blocked_ns: self.idle_blocked_ns as f64 / n,
         }
+    }
+
+    /// Blocked time on the request path: `blocked_ns` without the idle waits.
+    pub fn request_blocked_ns(&self) -> u64 {
+        self.blocked_ns.saturating_sub(self.idle_blocked_ns)
     }
 }
 
@@ -104,11 +117,18 @@ pub struct PerUnit {
     pub bytes: f64,
     pub time_ns: f64,
     pub blocked_ns: f64,
+    #[serde(default)]
+    pub idle_blocked_ns: f64,
 }
 
 /// What a backend hands over: one thread role's counters for one call in one category.
 #[derive(Debug, Clone)]
 pub struct Record {
+    /// The process (tgid).
+    pub pid: i32,
+    /// Its role ([`crate::procrole::role`]): `postmaster`, `client backend`, the thread
+    /// name of a process without a title...
+    pub process: String,
     /// Thread role (thread name with numbers stripped), see [`role_of`].
     pub role: String,
     pub kind: Kind,
@@ -150,6 +170,29 @@ pub struct RoleRow {
     pub time_ns: u64,
     pub blocked_ns: u64,
     pub runq_ns: u64,
+    /// The part of `blocked_ns` spent while serving no request.
+    #[serde(default)]
+    pub idle_blocked_ns: u64,
+}
+
+/// One process role in one category (syscalls and ring operations together), summed over
+/// the processes of that role (PostgreSQL's client backends, nginx's workers...).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProcessRow {
+    /// [`crate::procrole::role`]: `postmaster`, `client backend`, `walwriter`...
+    pub process: String,
+    pub category: Category,
+    /// How many processes of this role made calls in this category.
+    pub pids: u64,
+    pub count: u64,
+    pub bytes: u64,
+    pub time_ns: u64,
+    pub blocked_ns: u64,
+    #[serde(default)]
+    pub idle_blocked_ns: u64,
+    pub runq_ns: u64,
+    /// Calls by name (ring operations as `ring:NAME`).
+    pub calls: BTreeMap<String, u64>,
 }
 
 /// Where the classification came from.
@@ -170,6 +213,9 @@ pub struct TargetInfo {
     pub spawned: bool,
     /// Whether it exited before the trace ended.
     pub exited: bool,
+    /// Whether its child processes were traced too (the default; `--no-children` off).
+    #[serde(default)]
+    pub children: bool,
 }
 
 /// The whole result of a trace.
@@ -195,7 +241,11 @@ pub struct Profile {
     pub totals: CategoryRow,
     pub categories: Vec<CategoryRow>,
     pub calls: Vec<CallRow>,
+    /// Thread roles (thread names).
     pub roles: Vec<RoleRow>,
+    /// Process roles: the target and, unless `--no-children`, the processes it forked.
+    #[serde(default)]
+    pub processes: Vec<ProcessRow>,
     /// Off-CPU time outside any syscall: preemption in user space, page faults.
     pub outside_calls: Stats,
     /// Events the in-kernel maps could not hold (0 when nothing was lost).
@@ -222,7 +272,42 @@ impl Profile {
     pub fn build(meta: Meta, records: &[Record], outside: Stats) -> Profile {
         let mut calls: BTreeMap<(Kind, String, Category), Stats> = BTreeMap::new();
         let mut roles: BTreeMap<(String, Category), RoleRow> = BTreeMap::new();
+        let mut processes: BTreeMap<(String, Category), (ProcessRow, BTreeSet<i32>)> =
+            BTreeMap::new();
         for r in records {
+            let (prow, pids) = processes
+                .entry((r.process.clone(), r.category))
+                .or_insert_with(|| {
+                    (
+                        ProcessRow {
+                            process: r.process.clone(),
+                            category: r.category,
+                            pids: 0,
+                            count: 0,
+                            bytes: 0,
+                            time_ns: 0,
+                            blocked_ns: 0,
+                            idle_blocked_ns: 0,
+                            runq_ns: 0,
+                            calls: BTreeMap::new(),
+                        },
+                        BTreeSet::new(),
+                    )
+                });
+            if r.stats.count > 0 {
+                pids.insert(r.pid);
+                let name = match r.kind {
+                    Kind::Syscall => r.name.clone(),
+                    Kind::RingOp => format!("ring:{}", r.name),
+                };
+                *prow.calls.entry(name).or_default() += r.stats.count;
+            }
+            prow.count += r.stats.count;
+            prow.bytes += r.stats.bytes;
+            prow.time_ns += r.stats.time_ns;
+            prow.blocked_ns += r.stats.blocked_ns;
+            prow.idle_blocked_ns += r.stats.idle_blocked_ns;
+            prow.runq_ns += r.stats.runq_ns;
             calls
                 .entry((r.kind, r.name.clone(), r.category))
                 .or_default()
@@ -236,11 +321,13 @@ impl Profile {
                     time_ns: 0,
                     blocked_ns: 0,
                     runq_ns: 0,
+                    idle_blocked_ns: 0,
                 });
             row.count += r.stats.count;
             row.time_ns += r.stats.time_ns;
             row.blocked_ns += r.stats.blocked_ns;
             row.runq_ns += r.stats.runq_ns;
+            row.idle_blocked_ns += r.stats.idle_blocked_ns;
         }
         let mut cats: BTreeMap<Category, CategoryRow> = Category::ALL
             .iter()
@@ -301,6 +388,13 @@ impl Profile {
             categories: cats.into_values().collect(),
             calls: rows,
             roles: roles.into_values().collect(),
+            processes: processes
+                .into_values()
+                .map(|(mut row, pids)| {
+                    row.pids = pids.len() as u64;
+                    row
+                })
+                .collect(),
             outside_calls: outside,
             dropped_events: meta.dropped_events,
             notes: meta.notes,
@@ -401,6 +495,8 @@ mod tests {
         s.record(100, 1000, true);
         s.record(-11, 10, true);
         let recs = vec![Record {
+            pid: 7,
+            process: "server".into(),
             role: "w".into(),
             kind: Kind::Syscall,
             name: "read".into(),
@@ -414,6 +510,9 @@ mod tests {
         assert_eq!(r.stats.eagain, 1);
         assert_eq!(r.stats.bytes, 100);
         assert_eq!(r.per_request.as_ref().unwrap().count, 1.0);
+        assert_eq!(p.processes.len(), 1);
+        assert_eq!(p.processes[0].pids, 1);
+        assert_eq!(p.processes[0].calls.get("read"), Some(&2));
         let json = serde_json::to_string(&p).unwrap();
         let back: Profile = serde_json::from_str(&json).unwrap();
         assert_eq!(back, p);

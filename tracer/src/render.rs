@@ -1,5 +1,7 @@
 //! The terminal table of a [`Profile`]: categories first, then every call by category,
-//! per request when the request count is known (else per second).
+//! thread roles and process roles, per request when the request count is known (else per
+//! second). Blocked time is split: `blocked` is the request path's, `idle` the waits of
+//! threads that served no request at the time (docs/tracer.md).
 
 use std::fmt::Write;
 
@@ -70,7 +72,7 @@ pub fn table(p: &Profile) -> String {
     let _ = writeln!(o);
     let _ = writeln!(
         o,
-        "{:<11} {:>10} {:>9} {:>7} {:>7} {:>10} {:>10} {:>10} {:>10} {:>9} {:>9}",
+        "{:<11} {:>10} {:>9} {:>7} {:>7} {:>10} {:>10} {:>10} {:>10} {:>10} {:>9} {:>9}",
         "category",
         "syscalls",
         unit,
@@ -78,6 +80,7 @@ pub fn table(p: &Profile) -> String {
         "eagain",
         "time",
         "blocked",
+        "idle",
         "runq",
         "bytes",
         "ring ops",
@@ -92,24 +95,32 @@ pub fn table(p: &Profile) -> String {
         let s = &c.syscalls;
         let _ = writeln!(
             o,
-            "{:<11} {:>10} {:>9.2} {:>7} {:>7} {:>10} {:>10} {:>10} {:>10} {:>9} {:>9.2}",
+            "{:<11} {:>10} {:>9.2} {:>7} {:>7} {:>10} {:>10} {:>10} {:>10} {:>10} {:>9} {:>9.2}",
             name,
             s.count,
             s.count as f64 / div,
             s.errors + c.ring_ops.errors,
             s.eagain + c.ring_ops.eagain,
             dur(s.time_ns as f64),
-            dur((s.blocked_ns + c.ring_ops.blocked_ns) as f64),
+            dur((s.request_blocked_ns() + c.ring_ops.request_blocked_ns()) as f64),
+            dur((s.idle_blocked_ns + c.ring_ops.idle_blocked_ns) as f64),
             dur((s.runq_ns + c.ring_ops.runq_ns) as f64),
             bytes((s.bytes + c.ring_ops.bytes) as f64),
             c.ring_ops.count,
             c.ring_ops.count as f64 / div,
         );
     }
+    if p.offcpu_measured {
+        let _ = writeln!(
+            o,
+            "(blocked: off-CPU in calls while the thread served a request; idle: while it \
+             served none, e.g. waiting for work or between log flushes)"
+        );
+    }
     let _ = writeln!(o);
     let _ = writeln!(
         o,
-        "{:<11} {:<8} {:<20} {:>10} {:>9} {:>7} {:>7} {:>10} {:>9} {:>10} {:>10} {:>10}",
+        "{:<11} {:<8} {:<20} {:>10} {:>9} {:>7} {:>7} {:>10} {:>9} {:>10} {:>10} {:>10} {:>10}",
         "category",
         "kind",
         "call",
@@ -120,6 +131,7 @@ pub fn table(p: &Profile) -> String {
         "time",
         "p50",
         "blocked",
+        "idle",
         "bytes",
         &format!("bytes{unit}")
     );
@@ -127,7 +139,7 @@ pub fn table(p: &Profile) -> String {
         let s = &r.stats;
         let _ = writeln!(
             o,
-            "{:<11} {:<8} {:<20} {:>10} {:>9.2} {:>7} {:>7} {:>10} {:>9} {:>10} {:>10} {:>10}",
+            "{:<11} {:<8} {:<20} {:>10} {:>9.2} {:>7} {:>7} {:>10} {:>9} {:>10} {:>10} {:>10} {:>10}",
             r.category.name(),
             match r.kind {
                 Kind::Syscall => "syscall",
@@ -140,7 +152,8 @@ pub fn table(p: &Profile) -> String {
             s.eagain,
             dur(s.time_ns as f64),
             dur(p50(s)),
-            dur(s.blocked_ns as f64),
+            dur(s.request_blocked_ns() as f64),
+            dur(s.idle_blocked_ns as f64),
             bytes(s.bytes as f64),
             bytes(s.bytes as f64 / div),
         );
@@ -149,27 +162,61 @@ pub fn table(p: &Profile) -> String {
         let _ = writeln!(o);
         let _ = writeln!(
             o,
-            "{:<18} {:<11} {:>10} {:>10} {:>10} {:>10}",
-            "thread role", "category", "calls", "time", "blocked", "runq"
+            "{:<18} {:<11} {:>10} {:>10} {:>10} {:>10} {:>10}",
+            "thread role", "category", "calls", "time", "blocked", "idle", "runq"
         );
         for r in p.roles.iter().filter(|r| r.count > 0) {
             let _ = writeln!(
                 o,
-                "{:<18} {:<11} {:>10} {:>10} {:>10} {:>10}",
+                "{:<18} {:<11} {:>10} {:>10} {:>10} {:>10} {:>10}",
                 r.role,
                 r.category.name(),
                 r.count,
                 dur(r.time_ns as f64),
-                dur(r.blocked_ns as f64),
+                dur(r.blocked_ns.saturating_sub(r.idle_blocked_ns) as f64),
+                dur(r.idle_blocked_ns as f64),
                 dur(r.runq_ns as f64)
+            );
+        }
+    }
+    // With children followed, say who did what, even when only the target did anything.
+    if p.target.children && p.processes.iter().any(|r| r.count > 0) {
+        let _ = writeln!(o);
+        let _ = writeln!(
+            o,
+            "{:<22} {:>5} {:<11} {:>10} {:>9} {:>10} {:>10} {:>10}  calls",
+            "process role", "pids", "category", "count", unit, "time", "blocked", "idle"
+        );
+        for r in p.processes.iter().filter(|r| r.count > 0) {
+            let mut top: Vec<(&String, &u64)> = r.calls.iter().collect();
+            top.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+            let calls = top
+                .iter()
+                .take(4)
+                .map(|(n, c)| format!("{n} {c}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let _ = writeln!(
+                o,
+                "{:<22} {:>5} {:<11} {:>10} {:>9.2} {:>10} {:>10} {:>10}  {}",
+                r.process,
+                r.pids,
+                r.category.name(),
+                r.count,
+                r.count as f64 / div,
+                dur(r.time_ns as f64),
+                dur(r.blocked_ns.saturating_sub(r.idle_blocked_ns) as f64),
+                dur(r.idle_blocked_ns as f64),
+                calls
             );
         }
     }
     if p.offcpu_measured {
         let _ = writeln!(
             o,
-            "\noff-CPU outside syscalls: blocked {}, run-queue delay {}",
+            "\noff-CPU outside syscalls: blocked {} (idle {}), run-queue delay {}",
             dur(p.outside_calls.blocked_ns as f64),
+            dur(p.outside_calls.idle_blocked_ns as f64),
             dur(p.outside_calls.runq_ns as f64)
         );
     }

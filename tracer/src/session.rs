@@ -37,7 +37,8 @@ impl Backend {
 /// What to trace.
 #[derive(Debug, Clone)]
 pub enum Target {
-    /// A running process: all its threads, and threads it creates later.
+    /// A running process: all its threads, and threads it creates later (and, unless
+    /// [`Options::children`] is off, its child processes, existing and forked later).
     Pid(i32),
     /// A command the tracer starts (argv[0] looked up in PATH). It is stopped (SIGTERM)
     /// when the trace ends before it does.
@@ -51,10 +52,34 @@ pub struct Options {
     pub overrides: Overrides,
     /// A label carried into the profile and the exporter's metrics.
     pub variant: Option<String>,
+    /// Follow the target's child processes: those that exist when tracing starts and
+    /// those forked during the trace (like `strace -f`). On by default in `lab trace`;
+    /// `--no-children` traces the one process.
+    pub children: bool,
+    /// Other running processes traced in the same session (eBPF only), each with its
+    /// descendants and a profile of its own: `lab run --trace-db` traces the server and
+    /// the database's postmaster together, so that one set of syscall hooks serves both.
+    /// Their listening ports and log files join the classification context.
+    pub companions: Vec<i32>,
+}
+
+impl Options {
+    /// `backend` with everything else at its default: context discovered, children
+    /// followed, no companions.
+    pub fn new(backend: Backend) -> Options {
+        Options {
+            backend,
+            overrides: Overrides::default(),
+            variant: None,
+            children: true,
+            companions: Vec::new(),
+        }
+    }
 }
 
 pub(crate) enum Cmd {
-    Snapshot(mpsc::Sender<Profile>),
+    /// The target's profile, then each companion's.
+    Snapshot(mpsc::Sender<Vec<Profile>>),
     Stop,
 }
 
@@ -71,7 +96,7 @@ pub struct Session {
     pid: i32,
     cmds: mpsc::Sender<Cmd>,
     shared: Arc<Shared>,
-    worker: Option<JoinHandle<Result<Profile>>>,
+    worker: Option<JoinHandle<Result<Vec<Profile>>>>,
     wake: Option<Box<dyn Fn() + Send>>,
     variant: Option<String>,
 }
@@ -85,6 +110,13 @@ pub(crate) struct Started {
 
 /// Starts tracing. Returns once the backend is attached (or with the reason it cannot be).
 pub fn start(target: Target, opts: Options) -> Result<Session> {
+    if !opts.companions.is_empty() && opts.backend != Backend::Ebpf {
+        anyhow::bail!(
+            "tracing other processes beside the target (the database's, say) needs the eBPF \
+             backend; the {} backend traces one process tree",
+            opts.backend.name()
+        );
+    }
     let (cmd_tx, cmd_rx) = mpsc::channel();
     let (ready_tx, ready_rx) = mpsc::channel::<Result<Started>>();
     let shared = Arc::new(Shared {
@@ -133,6 +165,11 @@ impl Session {
 
     /// What has been gathered so far, without stopping.
     pub fn snapshot(&self) -> Result<Profile> {
+        Ok(self.snapshot_all()?.swap_remove(0))
+    }
+
+    /// [`Session::snapshot`] of the target, then of each companion.
+    pub fn snapshot_all(&self) -> Result<Vec<Profile>> {
         let (tx, rx) = mpsc::channel();
         self.cmds
             .send(Cmd::Snapshot(tx))
@@ -140,17 +177,32 @@ impl Session {
         if let Some(w) = &self.wake {
             w();
         }
-        let mut p = rx.recv().map_err(|_| anyhow!("the tracer has stopped"))?;
-        p.variant = self.variant.clone();
-        Ok(p)
+        let mut ps = rx.recv().map_err(|_| anyhow!("the tracer has stopped"))?;
+        self.label(&mut ps)?;
+        Ok(ps)
+    }
+
+    /// The variant label goes on the target's profile only (companions are not the
+    /// variant). A worker always answers with the target's profile first.
+    fn label(&self, ps: &mut [Profile]) -> Result<()> {
+        let first = ps
+            .first_mut()
+            .ok_or_else(|| anyhow!("the tracer returned no profile"))?;
+        first.variant = self.variant.clone();
+        Ok(())
     }
 
     /// Detaches everything and returns the profile.
-    pub fn stop(mut self) -> Result<Profile> {
+    pub fn stop(self) -> Result<Profile> {
+        Ok(self.stop_all()?.swap_remove(0))
+    }
+
+    /// [`Session::stop`], with each companion's profile after the target's.
+    pub fn stop_all(mut self) -> Result<Vec<Profile>> {
         self.finish()
     }
 
-    fn finish(&mut self) -> Result<Profile> {
+    fn finish(&mut self) -> Result<Vec<Profile>> {
         self.shared.stop.store(true, Ordering::SeqCst);
         let _ = self.cmds.send(Cmd::Stop);
         let worker = self
@@ -164,11 +216,11 @@ impl Session {
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        let mut p = worker
+        let mut ps = worker
             .join()
             .map_err(|_| anyhow!("the tracer thread panicked"))??;
-        p.variant = self.variant.clone();
-        Ok(p)
+        self.label(&mut ps)?;
+        Ok(ps)
     }
 }
 

@@ -30,7 +30,7 @@ pub(crate) fn run(
     ready: mpsc::Sender<Result<Started>>,
     cmds: mpsc::Receiver<Cmd>,
     shared: Arc<Shared>,
-) -> Result<Profile> {
+) -> Result<Vec<Profile>> {
     let pid = match target {
         Target::Pid(pid) => pid,
         Target::Command(_) => {
@@ -46,7 +46,7 @@ pub(crate) fn run(
         "syscall-lab-strace-{}-{pid}.txt",
         std::process::id()
     ));
-    let mut child = match attach(pid, &out) {
+    let mut child = match attach(pid, opts.children, &out) {
         Ok(child) => child,
         Err(e) => {
             let _ = ready.send(Err(anyhow!("{e:#}")));
@@ -80,9 +80,16 @@ pub(crate) fn run(
     let _ = std::fs::remove_file(&out);
     let mut notes = vec![
         "strace -f -c counts calls by name only: fd I/O is not classified (shown as other), \
-         no bytes, no ring operations, no off-CPU time, no thread roles"
+         no bytes, no ring operations, no off-CPU time, no thread or process roles"
             .to_string(),
     ];
+    if !opts.children {
+        notes.push(
+            "strace -f follows the processes the target forks during the trace, whatever \
+             --no-children says (its -f is also what attaches every thread)"
+                .into(),
+        );
+    }
     if exited {
         notes.push(format!(
             "the target (pid {pid}) exited after {duration_s:.1} s; the trace ends there"
@@ -98,6 +105,7 @@ pub(crate) fn run(
             command: crate::procfs::cmdline(pid),
             spawned: false,
             exited,
+            children: opts.children,
         },
         context: Default::default(),
         duration_s,
@@ -107,6 +115,8 @@ pub(crate) fn run(
     let records: Vec<Record> = parse_summary(&text)
         .into_iter()
         .map(|(name, stats)| Record {
+            pid,
+            process: "all".into(),
             role: "all".into(),
             kind: Kind::Syscall,
             category: crate::syscalls::class_of(&name).0,
@@ -114,15 +124,21 @@ pub(crate) fn run(
             stats,
         })
         .collect();
-    Ok(Profile::build(meta, &records, Stats::default()))
+    Ok(vec![Profile::build(meta, &records, Stats::default())])
 }
 
-/// Starts `strace -f -c -p PID` and returns once it has attached to the target's threads.
-fn attach(pid: i32, out: &PathBuf) -> Result<Child> {
+/// Starts `strace -f -c -p PID` (one `-p` more per process below it with `children`: -f
+/// catches only the processes forked later) and returns once it has attached to the
+/// target's threads.
+fn attach(pid: i32, children: bool, out: &PathBuf) -> Result<Child> {
+    let mut pids = vec![pid];
+    if children {
+        pids.extend(crate::procfs::descendants(pid).into_iter().map(|(p, _)| p));
+    }
     let mut child = Command::new("strace")
         .args(["-f", "-c", "-o"])
         .arg(out)
-        .args(["-p", &pid.to_string()])
+        .args(pids.iter().flat_map(|p| ["-p".to_string(), p.to_string()]))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

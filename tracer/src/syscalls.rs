@@ -21,6 +21,10 @@ pub const LISTEN: u32 = 1 << 11;
 pub const RET_FD: u32 = 1 << 12;
 pub const NORET: u32 = 1 << 13;
 pub const EPOLL_NEW: u32 = 1 << 14;
+/// Reads or receives data from its fd (arg0).
+pub const IN: u32 = 1 << 15;
+/// Writes or sends data to its fd (arg0), or shuts it down.
+pub const OUT: u32 = 1 << 16;
 
 /// Number of syscall slots the BPF program knows (ids above are ignored).
 pub const NR_SLOTS: u32 = 512;
@@ -45,15 +49,18 @@ pub fn class_of(name: &str) -> (Category, u32) {
     use Category::*;
     let io = FD0 | BYTES;
     match name {
-        // fd I/O: the fd decides; bytes counted.
-        "read" | "write" | "readv" | "writev" | "pread64" | "pwrite64" | "preadv" | "pwritev"
-        | "preadv2" | "pwritev2" | "recvfrom" | "sendto" | "recvmsg" | "sendmsg" | "sendfile"
-        | "splice" => (Other, io),
+        // fd I/O: the fd decides; bytes counted. (splice's arg0 is the fd it reads.)
+        "read" | "readv" | "pread64" | "preadv" | "preadv2" | "recvfrom" | "recvmsg" | "splice" => {
+            (Other, io | IN)
+        }
+        "write" | "writev" | "pwrite64" | "pwritev" | "pwritev2" | "sendto" | "sendmsg"
+        | "sendfile" => (Other, io | OUT),
         // fd calls without byte counts (recvmmsg/sendmmsg return message counts).
-        "recvmmsg" | "sendmmsg" | "accept" | "accept4" | "shutdown" | "setsockopt"
-        | "getsockopt" | "getpeername" | "getsockname" | "fsync" | "fdatasync" | "fcntl"
-        | "ioctl" | "fstat" | "lseek" | "ftruncate" | "bind" | "flock" | "fadvise64"
-        | "sync_file_range" => (Other, FD0),
+        "recvmmsg" => (Other, FD0 | IN),
+        "sendmmsg" | "shutdown" => (Other, FD0 | OUT),
+        "accept" | "accept4" | "setsockopt" | "getsockopt" | "getpeername" | "getsockname"
+        | "fsync" | "fdatasync" | "fcntl" | "ioctl" | "fstat" | "lseek" | "ftruncate" | "bind"
+        | "flock" | "fadvise64" | "sync_file_range" => (Other, FD0),
         "close" => (Other, FD0 | CLOSE),
         "listen" => (Network, FD0 | LISTEN),
         "connect" => (Other, FD0 | CONNECT),

@@ -25,6 +25,8 @@ fn attach_ptrace(pid: i32) -> anyhow::Result<tracer::Session> {
             backend: Backend::Ptrace,
             overrides: Overrides::default(),
             variant: None,
+            children: true,
+            companions: Vec::new(),
         },
     )
 }

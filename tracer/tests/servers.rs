@@ -78,6 +78,8 @@ fn ebpf(pid: i32) -> Options {
         backend: Backend::Ebpf,
         overrides: Overrides::default(),
         variant: None,
+        children: true,
+        companions: Vec::new(),
     }
 }
 
@@ -228,6 +230,8 @@ fn epoll_db_ptrace_agrees_with_strace_on_request_io() {
         backend: Backend::Ptrace,
         overrides: Overrides::default(),
         variant: None,
+        children: true,
+        companions: Vec::new(),
     };
     let session = start(Target::Pid(pid), o).unwrap();
     http_load(s.port, "/db", conns, n / conns);
@@ -413,4 +417,182 @@ fn epoll_requests_do_not_wake_the_driver_through_its_eventfd() {
             tracer::render::table(&p)
         );
     }
+}
+
+/// The test cluster's postmaster: the process that listens on its port.
+fn postmaster() -> i32 {
+    let url = database_url();
+    let port = match tracer::DbEndpoint::from_url(&url) {
+        Some(tracer::DbEndpoint::Tcp { port, .. }) => port,
+        other => panic!("the test database is not on TCP: {other:?}"),
+    };
+    tracer::procfs::listener_pid(port)
+        .unwrap_or_else(|| panic!("no process listens on the test database's port {port}"))
+}
+
+/// Issue 16, point 5: `lab trace --pid <postmaster>` follows its children. Under /db load
+/// from an epoll server, the client backends' reads and writes of their client sockets (the
+/// server's database connections, seen from the database) appear per request as `network`,
+/// beside the other roles of the tree.
+#[test]
+fn postmaster_trace_shows_backends_per_role() {
+    let _serial = serial();
+    require_root();
+    let s = server("epoll", "off");
+    http_load(s.port, "/db", 4, 100); // the pool's connections (backends) exist now
+    let pm = postmaster();
+    let session = start(Target::Pid(pm), Options::new(Backend::Ebpf)).unwrap();
+    let n = 6000;
+    http_load(s.port, "/db", 8, n / 8);
+    // Long enough for the walwriter and the background writer (200 ms cycles) to show.
+    std::thread::sleep(Duration::from_millis(600));
+    let mut p = session.stop().unwrap();
+    p.per_request(n as u64);
+    let table = tracer::render::table(&p);
+    println!("{table}");
+    assert_eq!(p.target.pid, pm);
+    let backend = |cat: Category| {
+        p.processes
+            .iter()
+            .find(|r| r.process == "client backend" && r.category == cat)
+    };
+    let net = backend(Category::Network)
+        .unwrap_or_else(|| panic!("no network calls of client backends\n{table}"));
+    let per = |name: &str| *net.calls.get(name).unwrap_or(&0) as f64 / n as f64;
+    // The backends read their socket without blocking until EAGAIN, then wait in epoll.
+    let recv = p
+        .call(Kind::Syscall, "recvfrom", Category::Network)
+        .expect("network recvfrom")
+        .stats
+        .clone();
+    let reads = (recv.count - recv.eagain - recv.errors) as f64 / n as f64;
+    println!(
+        "client backends ({} of them): recvfrom {:.3}/req ({reads:.3} with data), sendto \
+         {:.3}/req",
+        net.pids,
+        per("recvfrom"),
+        per("sendto")
+    );
+    assert!(
+        per("recvfrom") >= recv.count as f64 / n as f64,
+        "every network recvfrom of the tree is a client backend's\n{table}"
+    );
+    // One query per request: the backend reads it (recvfrom) and answers it (sendto). A
+    // backend that finds a second query already waiting reads it in the same call.
+    assert!(
+        (0.5..=1.5).contains(&reads),
+        "client backends' recvfrom with data per /db request: {reads}\n{table}"
+    );
+    assert!(
+        (0.9..=1.5).contains(&per("sendto")),
+        "client backends' sendto per /db request: {}\n{table}",
+        per("sendto")
+    );
+    assert!(net.pids >= 1, "{table}");
+    // The client sockets of the backends are none of the database's own: nothing of theirs
+    // counts as `database` or is left in `other`.
+    for cat in [Category::Database, Category::Other] {
+        let calls = backend(cat).map_or(0, |r| {
+            r.calls
+                .iter()
+                .filter(|(name, _)| ["recvfrom", "sendto"].contains(&name.as_str()))
+                .map(|(_, c)| c)
+                .sum()
+        });
+        assert_eq!(
+            calls, 0,
+            "client backends' socket calls in {cat:?}\n{table}"
+        );
+    }
+    let roles: std::collections::BTreeSet<&str> =
+        p.processes.iter().map(|r| r.process.as_str()).collect();
+    assert!(
+        roles.contains("walwriter") || roles.contains("background writer"),
+        "PostgreSQL's auxiliary processes are traced too: {roles:?}\n{table}"
+    );
+    // Between queries a backend waits for its client: with no query in hand, that is
+    // idle time, not a request's.
+    let idle: u64 = p
+        .processes
+        .iter()
+        .filter(|r| r.process == "client backend")
+        .map(|r| r.idle_blocked_ns)
+        .sum();
+    assert!(
+        idle > 0,
+        "client backends' waits for the next query are idle\n{table}"
+    );
+
+    // --no-children: the postmaster alone, none of the backends' work.
+    let only = start(
+        Target::Pid(pm),
+        Options {
+            children: false,
+            ..Options::new(Backend::Ebpf)
+        },
+    )
+    .unwrap();
+    http_load(s.port, "/db", 8, 500);
+    let p = only.stop().unwrap();
+    let other_roles: Vec<&str> = p
+        .processes
+        .iter()
+        .filter(|r| r.count > 0 && r.process != "postmaster")
+        .map(|r| r.process.as_str())
+        .collect();
+    assert!(
+        other_roles.is_empty() && p.syscall_total("sendto").count == 0,
+        "--no-children traced more than the postmaster: {other_roles:?}\n{}",
+        tracer::render::table(&p)
+    );
+}
+
+/// Issue 16, point 7: idle waits apart from the request path. A thread-pool server with
+/// more workers than clients and the buffered log: the idle workers' waits for work and
+/// the log writer's sleeps between flushes are idle; waits for the database are the
+/// request path's.
+#[test]
+fn idle_threads_waits_are_apart_from_the_request_path() {
+    let _serial = serial();
+    require_root();
+    let s = server_with("thread-pool", "buffered", &["--workers", "16"]);
+    http_load(s.port, "/db", 4, 100);
+    let pid = s.child.0.id() as i32;
+    let session = start(Target::Pid(pid), ebpf(pid)).unwrap();
+    let n = 4000;
+    http_load(s.port, "/db", 4, n / 4);
+    std::thread::sleep(Duration::from_millis(300));
+    let mut p = session.stop().unwrap();
+    p.per_request(n as u64);
+    let table = tracer::render::table(&p);
+    println!("{table}");
+    let role = |name: &str, cat: Category| {
+        p.roles
+            .iter()
+            .find(|r| r.role == name && r.category == cat)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {name} {cat:?} row\n{table}"))
+    };
+    let writer = role("log-writer", Category::Sync);
+    assert!(
+        writer.blocked_ns > 0 && writer.idle_blocked_ns == writer.blocked_ns,
+        "the log writer serves no request: all its waits are idle ({} of {} ns)\n{table}",
+        writer.idle_blocked_ns,
+        writer.blocked_ns
+    );
+    let db = &p.category(Category::Database).syscalls;
+    assert!(
+        db.blocked_ns > 0 && db.idle_blocked_ns == 0,
+        "waits for the database are the request path's: idle {} of {} ns\n{table}",
+        db.idle_blocked_ns,
+        db.blocked_ns
+    );
+    // 12 of the 16 workers hold no connection: their futex waits on the queue are idle.
+    let sync = &p.category(Category::Sync).syscalls;
+    assert!(
+        sync.idle_blocked_ns as f64 >= 0.8 * sync.blocked_ns as f64,
+        "sync waits: {} of {} ns idle; the idle workers' and the log writer's should be\n{table}",
+        sync.idle_blocked_ns,
+        sync.blocked_ns
+    );
 }

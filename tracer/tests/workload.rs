@@ -108,6 +108,8 @@ fn opts(backend: Backend, w: &Workload) -> Options {
             ..Overrides::default()
         },
         variant: None,
+        children: true,
+        companions: Vec::new(),
     }
 }
 
@@ -237,6 +239,8 @@ fn ptrace_spawn_with_seccomp_counts_request_io() {
             ..Overrides::default()
         },
         variant: None,
+        children: true,
+        companions: Vec::new(),
     };
     let session = start(Target::Command(cmd), o).unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -289,6 +293,8 @@ fn spawn_with_db(mode: &str, count: usize) -> (tracer::Session, TcpStream) {
             ..Overrides::default()
         },
         variant: None,
+        children: true,
+        companions: Vec::new(),
     };
     let session = start(Target::Command(cmd), o).unwrap();
     let (c, _) = l.accept().unwrap();
@@ -489,6 +495,8 @@ fn ebpf_sees_ring_operations_on_client_sockets_as_network() {
             backend: Backend::Ebpf,
             overrides: Overrides::default(),
             variant: None,
+            children: true,
+            companions: Vec::new(),
         },
     )
     .unwrap();
@@ -523,4 +531,87 @@ fn ebpf_sees_ring_operations_on_client_sockets_as_network() {
     );
     // No plain network syscalls but the close at the end of the connection.
     assert!(p.category(Category::Network).syscalls.count <= 1);
+}
+
+/// Issue 16, point 5: processes below the target are traced (those that exist when the
+/// trace starts, and those forked during it), each under its role, unless `children` is
+/// off. Here a shell keeps a child shell that forks `head` every 20 ms.
+#[test]
+fn child_processes_are_followed_unless_told_not_to() {
+    require_root();
+    let script = "sh -c 'while :; do head -c 1 /etc/hostname >/dev/null; sleep 0.02; done' & wait";
+    /// The whole tree goes at the end: it is a process group of its own.
+    struct Group(std::process::Child);
+    impl Drop for Group {
+        fn drop(&mut self) {
+            unsafe { libc::kill(-(self.0.id() as i32), libc::SIGKILL) };
+            let _ = self.0.wait();
+        }
+    }
+    use std::os::unix::process::CommandExt;
+    let shell = Group(
+        Command::new("sh")
+            .args(["-c", script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .unwrap(),
+    );
+    let pid = shell.0.id() as i32;
+    std::thread::sleep(Duration::from_millis(200)); // the inner shell exists now
+    for backend in [Backend::Ebpf, Backend::Ptrace] {
+        for children in [true, false] {
+            let session = start(
+                Target::Pid(pid),
+                Options {
+                    children,
+                    ..Options::new(backend)
+                },
+            )
+            .unwrap();
+            std::thread::sleep(Duration::from_millis(800));
+            let p = session.stop().unwrap();
+            let table = tracer::render::table(&p);
+            let head_reads: u64 = p
+                .processes
+                .iter()
+                .filter(|r| r.process.starts_with("head"))
+                .filter_map(|r| r.calls.get("read"))
+                .sum();
+            let thread_heads = p.roles.iter().any(|r| r.role == "head");
+            println!(
+                "{} children={children}: {head_reads} reads by head processes, roles {:?}",
+                backend.name(),
+                p.processes
+                    .iter()
+                    .map(|r| format!("{}:{}", r.process, r.pids))
+                    .collect::<Vec<_>>()
+            );
+            if children {
+                assert!(
+                    head_reads >= 5 && thread_heads,
+                    "{}: the head processes forked by the child shell are traced\n{table}",
+                    backend.name()
+                );
+                let heads = p
+                    .processes
+                    .iter()
+                    .filter(|r| r.process.starts_with("head"))
+                    .map(|r| r.pids)
+                    .max()
+                    .unwrap_or(0);
+                assert!(
+                    heads >= 2,
+                    "one row per role, counting its processes: {heads}\n{table}"
+                );
+            } else {
+                assert!(
+                    head_reads == 0 && !thread_heads && p.processes.iter().all(|r| r.pids <= 1),
+                    "{}: children=false traces the one process\n{table}",
+                    backend.name()
+                );
+            }
+        }
+    }
 }

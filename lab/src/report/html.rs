@@ -8,11 +8,13 @@
 //!
 //! Sections, top to bottom: the variants at a glance (failed ones with their log tail),
 //! throughput (requests/s per variant and per second), latency percentiles, syscalls per
-//! request by category, off-CPU time per request by category, the per-syscall tables,
-//! flame graphs (when recorded), notes, configuration and environment.
+//! request by category, off-CPU time per request by category (the request path's, then
+//! the idle waits of threads that served no request), the database's side (`--trace-db`),
+//! the per-syscall tables, flame graphs (when recorded), notes, configuration and
+//! environment.
 //!
 //! Hooks for tests: every chart is an `<svg class="chart" data-chart="NAME">` (`rps`,
-//! `timeline-rps`, `timeline-p99`, `latency`, `syscalls`, `offcpu`) whose rows are
+//! `timeline-rps`, `timeline-p99`, `latency`, `syscalls`, `offcpu`, `idle`) whose rows are
 //! `<g class="row" data-variant="VARIANT">`; a variant's table is
 //! `<table class="calls sortable" data-variant="VARIANT">`; a failed variant's card is
 //! `<section class="card failed" data-variant="VARIANT">`.
@@ -78,6 +80,7 @@ pub fn render(run: &Run, run_dir: &Path) -> Result<String> {
     latency(&mut o, &views);
     syscalls(&mut o, &views);
     offcpu(&mut o, &views);
+    database(&mut o, &views);
     call_tables(&mut o, &views);
     flamegraphs(&mut o, run, run_dir);
     notes(&mut o, run, &views);
@@ -288,8 +291,12 @@ fn header(o: &mut String, run: &Run, views: &[View]) {
     }
     o.push_str(
         "<nav><a href=\"#glance\">At a glance</a><a href=\"#throughput\">Throughput</a><a href=\"#latency\">Latency</a>\
-         <a href=\"#syscalls\">Syscalls</a><a href=\"#offcpu\">Off-CPU</a><a href=\"#calls\">Per syscall</a>",
+         <a href=\"#syscalls\">Syscalls</a><a href=\"#offcpu\">Off-CPU</a>",
     );
+    if run.config.trace_db {
+        o.push_str("<a href=\"#database\">Database</a>");
+    }
+    o.push_str("<a href=\"#calls\">Per syscall</a>");
     if run.variants.iter().any(|v| v.flamegraph.is_some()) {
         o.push_str("<a href=\"#flamegraphs\">Flame graphs</a>");
     }
@@ -389,6 +396,11 @@ fn glance(o: &mut String, run: &Run, views: &[View]) {
             );
         }
         let offcpu: f64 = s.categories.iter().map(|c| c.offcpu_us_per_request).sum();
+        let idle: f64 = s
+            .categories
+            .iter()
+            .map(|c| c.idle_offcpu_us_per_request)
+            .sum();
         item(
             "blocked / req",
             if !v.traced {
@@ -398,8 +410,22 @@ fn glance(o: &mut String, run: &Run, views: &[View]) {
             } else {
                 us(offcpu)
             },
-            "time threads slept inside syscalls per request (off-CPU, not run-queue delay)",
+            "time threads slept inside syscalls per request while serving a request (off-CPU, not run-queue delay)",
         );
+        if idle > 0.0 {
+            item(
+                "idle waits / req",
+                us(idle),
+                "time threads slept while serving no request (idle workers, a log writer between flushes), divided by the requests: no request waited",
+            );
+        }
+        if let Some(d) = &s.database {
+            item(
+                "database CPU / req",
+                us(d.cpu_us_per_request.median),
+                "CPU time of the database's processes per request (--trace-db)",
+            );
+        }
         item(
             "CPU / req",
             us(s.cpu_us_per_request.median),
@@ -584,11 +610,31 @@ fn offcpu(o: &mut String, views: &[View]) {
     );
     how(
         o,
-        "Shorter means less waiting: microseconds per request that the server's threads slept inside syscalls (off-CPU, not counting run-queue delay), \
-         split by what they waited for. Waiting on the database shows up as database (blocking servers) or as event-loop (servers that wait for readiness). \
+        "Shorter means less waiting: microseconds per request that the server's threads slept inside syscalls (off-CPU, not counting run-queue delay) \
+         while they served a request, split by what they waited for. Waiting on the database shows up as database (blocking servers) or as event-loop (servers that wait for readiness). \
          With many threads, blocked time adds up across threads, so it can exceed the latency.",
     );
     o.push_str(&category_legend());
+    offcpu_chart(o, views, "offcpu", &|c| c.offcpu_us_per_request);
+    o.push_str("<h3>Idle waits: threads serving no request</h3>\n");
+    how(
+        o,
+        "The same, for threads that had no request in hand when they went to sleep: pool workers waiting for work, the buffered log's writer between its flushes, \
+         an event loop with nothing in flight, a blocking server waiting for a keep-alive client's next request. Divided by the requests like the rest, \
+         but no request waited for it: batching work into a background thread moves time here, it does not make requests block.",
+    );
+    offcpu_chart(o, views, "idle", &|c| c.idle_offcpu_us_per_request);
+    o.push_str("</section>\n");
+}
+
+/// A stacked chart of blocked µs per request by category; `of` picks the request path's
+/// or the idle waits.
+fn offcpu_chart(
+    o: &mut String,
+    views: &[View],
+    id: &str,
+    of: &dyn Fn(&crate::results::CategorySummary) -> f64,
+) {
     let rows: Vec<Stack> = views
         .iter()
         .map(|v| {
@@ -610,14 +656,76 @@ fn offcpu(o: &mut String, views: &[View]) {
                 hatched: false,
                 segments: CATEGORIES
                     .iter()
-                    .map(|c| v.category(c).map_or(0.0, |c| c.offcpu_us_per_request))
+                    .map(|c| v.category(c).map_or(0.0, of))
                     .collect(),
                 absent,
             }
         })
         .collect();
-    o.push_str(&stacked_chart("offcpu", "µs per request", &rows, us));
-    o.push_str("</section>\n");
+    o.push_str(&stacked_chart(id, "µs per request", &rows, us));
+}
+
+/// `--trace-db`: the database's syscalls, blocked time and CPU per request of each
+/// variant, and its process roles.
+fn database(o: &mut String, views: &[View]) {
+    let rows: Vec<(&View, &crate::results::DatabaseSummary)> = views
+        .iter()
+        .filter_map(|v| Some((v, v.summary.as_ref()?.database.as_ref()?)))
+        .collect();
+    if rows.is_empty() {
+        return;
+    }
+    o.push_str(
+        "<section id=\"database\" class=\"panel\">\n<h2>The database's side, per request</h2>\n",
+    );
+    how(
+        o,
+        "What PostgreSQL did for each request of the server, traced in the same window (lab run --trace-db): its postmaster and every backend. \
+         Its network is its clients, that is the server's database connections; a pooled client shows as fewer, busier backends, a pipelined one as fewer reads and writes per query. \
+         CPU is the whole tree's, from /proc.",
+    );
+    o.push_str(
+        "<table class=\"database\"><thead><tr><th>variant</th><th class=\"num\">CPU / req</th>\
+         <th class=\"num\">syscalls / req</th>",
+    );
+    for c in CATEGORIES {
+        let _ = write!(o, "<th class=\"num\">{}</th>", esc(c));
+    }
+    o.push_str("<th class=\"num\">idle waits / req</th><th>process roles (syscalls / req)</th></tr></thead><tbody>\n");
+    for (v, d) in rows {
+        let _ = write!(
+            o,
+            "<tr data-variant=\"{}\"><th>{}</th><td class=\"num\">{}</td><td class=\"num\">{}</td>",
+            esc(v.name()),
+            esc(v.name()),
+            us(d.cpu_us_per_request.median),
+            num(d.syscalls_per_request.median)
+        );
+        for c in CATEGORIES {
+            let _ = write!(o, "<td class=\"num\">{}</td>", num(d.calls_in(c)));
+        }
+        let idle = d.idle_us();
+        let roles: Vec<String> = d
+            .roles
+            .iter()
+            .filter(|r| r.syscalls_per_request > 0.0)
+            .map(|r| {
+                format!(
+                    "{} ×{}: {}",
+                    esc(&r.role),
+                    r.processes,
+                    num(r.syscalls_per_request)
+                )
+            })
+            .collect();
+        let _ = write!(
+            o,
+            "<td class=\"num\">{}</td><td>{}</td></tr>\n",
+            us(idle),
+            roles.join("; ")
+        );
+    }
+    o.push_str("</tbody></table>\n</section>\n");
 }
 
 fn call_tables(o: &mut String, views: &[View]) {

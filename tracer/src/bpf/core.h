@@ -113,11 +113,20 @@ struct files_struct {
 	struct fdtable *fdt;
 } __attribute__((preserve_access_index));
 
+typedef struct {
+	int counter;
+} atomic_t;
+
+struct signal_struct {
+	atomic_t live; /* threads of the group not yet exiting: 0 once the group is dead */
+} __attribute__((preserve_access_index));
+
 struct task_struct {
 	pid_t pid;
 	pid_t tgid;
 	char comm[16];
 	struct files_struct *files;
+	struct signal_struct *signal;
 } __attribute__((preserve_access_index));
 
 struct sock_common {
@@ -128,6 +137,13 @@ struct sock_common {
 
 struct sock {
 	struct sock_common __sk_common;
+} __attribute__((preserve_access_index));
+
+/* The socket's own port also lives here, in network order: a connection torn down by a
+ * reset (tcp_done -> inet_put_port) has skc_num zeroed, but keeps inet_sport. */
+struct inet_sock {
+	struct sock sk;
+	__be16 inet_sport;
 } __attribute__((preserve_access_index));
 
 struct socket {

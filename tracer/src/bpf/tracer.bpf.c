@@ -1,14 +1,17 @@
 // SPDX-License-Identifier: GPL-2.0
 /* In-kernel half of the eBPF backend: counts, times and classifies every syscall, ring
- * operation and off-CPU interval of one process (all its threads), aggregating into
- * per-CPU maps that user space reads at the end. Nothing is sent per event.
+ * operation and off-CPU interval of one process (all its threads) and, by default, of the
+ * processes it forks, aggregating into per-CPU maps that user space reads at the end.
+ * Nothing is sent per event.
  *
- * Hooks: tp_btf/sys_enter + sys_exit (raw syscall tracepoints, typed pt_regs), 
+ * Hooks: tp_btf/sys_enter + sys_exit (raw syscall tracepoints, typed pt_regs),
  * tp_btf/sched_switch + sched_wakeup (off-CPU: blocked vs run-queue delay),
- * tp_btf/io_uring_{submit_req,file_get,complete} (ring operations).
+ * tp_btf/io_uring_{submit_req,file_get,complete} (ring operations),
+ * tp_btf/sched_process_fork + sched_process_exit (the set of traced processes).
  *
- * Every program first compares the current tgid with targ_tgid (rodata, set before load)
- * so that other processes pay one comparison only.
+ * Every program first tests the current tgid: targ_tgid (rodata, set before load), then,
+ * when more than one process is traced, one slot of a direct-mapped table in .bss, so
+ * that other processes pay a comparison and one load.
  */
 #include "core.h"
 #include <bpf/bpf_helpers.h>
@@ -41,6 +44,8 @@ char LICENSE[] SEC("license") = "GPL";
 #define SC_RET_FD (1 << 12)    /* returns a new fd (open): classify it at exit */
 #define SC_NORET (1 << 13)     /* exit/exit_group: never returns, count at entry */
 #define SC_EPOLL_NEW (1 << 14) /* epoll_create: a new epoll file, its set starts empty */
+#define SC_IN (1 << 15)        /* reads or receives data from its fd */
+#define SC_OUT (1 << 16)       /* writes or sends data to its fd (shutdown too) */
 
 /* Aggregation key kinds. */
 #define KIND_SYSCALL 0
@@ -58,11 +63,15 @@ char LICENSE[] SEC("license") = "GPL";
 #define NR_SYSCALLS 512
 #define HIST_BUCKETS 32
 #define DB_PATH_MAX 108
-#define AGG_SLOTS 2048 /* distinct (thread name, call, category) rows */
+#define AGG_SLOTS 8192 /* distinct (process, thread name, call, category) rows */
 #define SLOT_CACHE 32  /* per-CPU cache of recently used rows */
 #define MAX_LISTEN 16
 
 const volatile u32 targ_tgid = 0;
+/* More processes than targ_tgid are traced (children, companions): consult tgid_set. */
+const volatile u8 use_set = 0;
+/* Add the processes that traced ones fork to the set. */
+const volatile u8 follow_forks = 0;
 /* Database TCP port in network byte order (as skc_dport and sin_port hold it), 0: none. */
 const volatile u16 db_port_be = 0;
 /* Database Unix socket path (Postgres: DIR/.s.PGSQL.PORT), db_path_len 0: none. */
@@ -80,6 +89,7 @@ const volatile u32 db_path_len = 0;
 
 struct agg_key {
 	char comm[16];
+	u32 tgid;
 	u16 nr;
 	u8 cat;
 	u8 kind;
@@ -93,16 +103,19 @@ struct agg_val {
 	u64 bytes;
 	u64 blocked_ns;
 	u64 runq_ns;
+	u64 idle_blocked_ns; /* the part of blocked_ns while the thread served no request */
 	u64 hist[HIST_BUCKETS];
 };
 
-/* One entry of a CPU's row cache: thread name, call nr and category -> agg_arr slot. */
+/* One entry of a CPU's row cache: process, thread name, call nr and category -> slot. */
 struct slot_ref {
 	u64 comm[2];
+	u32 tgid;
 	u16 nr;
 	u8 cat;
 	u8 valid;
 	u32 slot;
+	u32 pad;
 };
 
 struct row_cache {
@@ -119,7 +132,22 @@ struct call_state {
 	u32 flags;
 	s32 fd; /* arg0 of an fd call, classified at exit */
 	u8 cat;
-	u8 pad[3];
+	u8 idle; /* the thread served no request when the call began */
+	u8 pad[2];
+};
+
+/* Per CPU: the call in progress, and whether the traced thread running here serves a
+ * request ("serving": it has read from a client, or talked to the database, since it last
+ * answered or closed a client). The flag moves to the thread's task storage when the
+ * thread leaves the CPU and back when it returns, so calls read and update it here with
+ * no task-storage lookup. Waits that begin while it is clear are a thread's idle time
+ * (a pool worker waiting for work, a log writer between flushes, an event loop with
+ * nothing in flight), reported apart from the request path. */
+struct cpu_state {
+	struct call_state call;
+	u64 thread; /* the struct task_struct * `serving` belongs to; 0: none */
+	u32 serving;
+	u32 pad;
 };
 
 /* Per thread: its call while it is off its CPU, and its off-CPU interval. */
@@ -128,14 +156,24 @@ struct task_state {
 	u64 off_ts;
 	u64 wake_ts;
 	u8 preempted;
-	u8 pad[7];
+	u8 serving;
+	u8 pad[6];
 };
 
 struct ring_state {
 	u64 ts;
+	u64 task; /* the submitter */
 	char comm[16];
+	u32 tgid;
 	u8 opcode;
 	u8 cat;
+};
+
+/* Traced processes besides targ_tgid, for user space: who forked them and which traced
+ * tree (root tgid) they belong to. Entries stay after exit (rows name exited processes). */
+struct proc_info {
+	u32 ppid;
+	u32 root;
 };
 
 struct log_key {
@@ -169,6 +207,32 @@ struct {
 
 /* Next free agg_arr slot. */
 u32 next_slot = 0;
+
+/* The traced processes other than targ_tgid, as a direct-mapped table: slot
+ * tgid % TGID_SLOTS holds SLOT_USED | tgid; a tgid whose slot is taken goes to tgid_more
+ * and marks the slot SLOT_MORE. Every program tests one slot (one load) before anything
+ * else, so untraced processes pay no hash lookup; user space fills it before attaching,
+ * sched_process_fork adds children, sched_process_exit removes a process once its whole
+ * thread group has exited (its pid cannot be reused before). */
+#define TGID_SLOTS 8192
+#define SLOT_USED (1U << 30)
+#define SLOT_MORE (1U << 31)
+#define SLOT_TGID (SLOT_USED - 1)
+u32 tgid_set[TGID_SLOTS] = {};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, u32);
+	__type(value, u8);
+} tgid_more SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, u32);
+	__type(value, struct proc_info);
+} procs SEC(".maps");
 
 /* The target's listening ports (host order, 0 ends the list): a scan of a few words,
  * cheaper than a hash lookup on every client-socket syscall. Filled by user space
@@ -232,7 +296,7 @@ struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, u32);
-	__type(value, struct call_state);
+	__type(value, struct cpu_state);
 } cpu_call SEC(".maps");
 
 struct {
@@ -257,9 +321,50 @@ struct {
 	__type(value, u64);
 } dropped SEC(".maps");
 
+static __always_inline void note_drop(void);
+
+static __always_inline bool traced_tgid(u32 tgid)
+{
+	if (tgid == targ_tgid)
+		return true;
+	if (!use_set)
+		return false;
+	u32 s = tgid_set[tgid & (TGID_SLOTS - 1)];
+	if (s == (SLOT_USED | tgid) || s == (SLOT_MORE | SLOT_USED | tgid))
+		return true;
+	return (s & SLOT_MORE) && bpf_map_lookup_elem(&tgid_more, &tgid);
+}
+
 static __always_inline bool is_target(void)
 {
-	return (bpf_get_current_pid_tgid() >> 32) == targ_tgid;
+	return traced_tgid(bpf_get_current_pid_tgid() >> 32);
+}
+
+static __always_inline void set_add(u32 tgid)
+{
+	u32 *s = &tgid_set[tgid & (TGID_SLOTS - 1)];
+	u32 old = *s;
+	if ((old & SLOT_USED) && (old & SLOT_TGID) == tgid)
+		return;
+	if (!(old & SLOT_USED) &&
+	    __sync_val_compare_and_swap(s, old, old | SLOT_USED | tgid) == old)
+		return;
+	u8 one = 1;
+	if (bpf_map_update_elem(&tgid_more, &tgid, &one, BPF_ANY)) {
+		note_drop();
+		return;
+	}
+	__sync_fetch_and_or(s, SLOT_MORE);
+}
+
+static __always_inline void set_remove(u32 tgid)
+{
+	u32 *s = &tgid_set[tgid & (TGID_SLOTS - 1)];
+	u32 old = *s;
+	if ((old & SLOT_USED) && (old & SLOT_TGID) == tgid)
+		__sync_val_compare_and_swap(s, old, old & SLOT_MORE);
+	if (old & SLOT_MORE)
+		bpf_map_delete_elem(&tgid_more, &tgid);
 }
 
 static __always_inline u32 log2_ns(u64 v)
@@ -327,15 +432,17 @@ static __always_inline struct agg_val *agg_entry_cached(struct agg_key *key)
 	u64 c0 = 0, c1 = 0;
 	__builtin_memcpy(&c0, key->comm, 8);
 	__builtin_memcpy(&c1, key->comm + 8, 8);
-	u32 i = (key->nr ^ ((u32)key->cat << 3) ^ (u32)(c0 >> 40)) & (SLOT_CACHE - 1);
+	u32 i = (key->nr ^ ((u32)key->cat << 3) ^ (u32)(c0 >> 40) ^ (key->tgid << 2)) &
+		(SLOT_CACHE - 1);
 	struct slot_ref *r = &rc->e[i];
-	if (r->valid && r->nr == key->nr && r->cat == key->cat && r->comm[0] == c0 &&
-	    r->comm[1] == c1)
+	if (r->valid && r->nr == key->nr && r->cat == key->cat && r->tgid == key->tgid &&
+	    r->comm[0] == c0 && r->comm[1] == c1)
 		return agg_at(r->slot);
 	s64 slot = agg_slot(key);
 	if (slot >= 0) {
 		r->comm[0] = c0;
 		r->comm[1] = c1;
+		r->tgid = key->tgid;
 		r->nr = key->nr;
 		r->cat = key->cat;
 		r->slot = slot;
@@ -433,7 +540,13 @@ static __always_inline u8 classify_file(struct file *fp, int fd)
 		if (family == AF_INET || family == AF_INET6) {
 			if (db_port_be && sk->__sk_common.skc_dport == db_port_be)
 				return CAT_DATABASE;
-			if (is_listen_port(sk->__sk_common.skc_num))
+			u16 lport = sk->__sk_common.skc_num;
+			/* Reset by its peer (or closed): the socket left the port's bind bucket
+			 * and skc_num reads 0, but its source port is still there. */
+			if (!lport)
+				lport = __builtin_bswap16(
+					bpf_core_cast(sk, struct inet_sock)->inet_sport);
+			if (is_listen_port(lport))
 				return CAT_NETWORK;
 		} else if (family == AF_UNIX) {
 			u64 key = (u64)sk;
@@ -615,10 +728,34 @@ static __always_inline u8 connect_cat(struct task_struct *task, int fd, const vo
 	return CAT_NONE;
 }
 
+/* Updates the serving flag of the thread on this CPU after a call (or a ring operation it
+ * submitted) on a client socket or the database: data read from a client, or any exchange
+ * with the database, means a request is in hand; a response written (or the client
+ * closed) means it has been answered. */
+static __always_inline void note_serving(struct cpu_state *cs, struct task_struct *task, u8 cat,
+					 u32 fl, s64 ret)
+{
+	if (cs->thread != (u64)task) { /* running since before the trace: nothing known */
+		cs->thread = (u64)task;
+		cs->serving = 0;
+	}
+	if (cat == CAT_DATABASE) {
+		if ((fl & (SC_IN | SC_OUT)) && ret > 0)
+			cs->serving = 1;
+	} else if (fl & SC_IN) {
+		if (ret > 0)
+			cs->serving = 1;
+	} else if (fl & (SC_OUT | SC_CLOSE)) {
+		if (ret != -EAGAIN)
+			cs->serving = 0;
+	}
+}
+
 SEC("tp_btf/sys_enter")
 int BPF_PROG(sys_enter, struct pt_regs *regs, long id)
 {
-	if (!is_target())
+	u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	if (!traced_tgid(tgid))
 		return 0;
 	if (id < 0 || id >= NR_SYSCALLS)
 		return 0;
@@ -672,6 +809,7 @@ int BPF_PROG(sys_enter, struct pt_regs *regs, long id)
 	if (cls & SC_NORET) {
 		struct agg_key key = {};
 		bpf_get_current_comm(key.comm, sizeof(key.comm));
+		key.tgid = tgid;
 		key.nr = nr;
 		key.cat = cat;
 		key.kind = KIND_SYSCALL;
@@ -682,30 +820,33 @@ int BPF_PROG(sys_enter, struct pt_regs *regs, long id)
 	}
 
 	u32 zero = 0;
-	struct call_state *c = bpf_map_lookup_elem(&cpu_call, &zero);
+	struct cpu_state *c = bpf_map_lookup_elem(&cpu_call, &zero);
 	if (!c)
 		return 0;
-	c->enter_ts = bpf_ktime_get_ns();
-	c->fd = (int)a0;
-	c->nr = nr;
-	c->flags = cls;
-	c->cat = cat;
-	c->blocked_ns = 0;
-	c->runq_ns = 0;
-	c->task = (u64)task; /* last: the record is whole once it names its thread */
+	c->call.enter_ts = bpf_ktime_get_ns();
+	c->call.fd = (int)a0;
+	c->call.nr = nr;
+	c->call.flags = cls;
+	c->call.cat = cat;
+	c->call.idle = !(c->thread == (u64)task && c->serving);
+	c->call.blocked_ns = 0;
+	c->call.runq_ns = 0;
+	c->call.task = (u64)task; /* last: the record is whole once it names its thread */
 	return 0;
 }
 
 SEC("tp_btf/sys_exit")
 int BPF_PROG(sys_exit, struct pt_regs *regs, long ret)
 {
-	if (!is_target())
+	u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	if (!traced_tgid(tgid))
 		return 0;
 	struct task_struct *task = bpf_get_current_task_btf();
 	u32 zero = 0;
-	struct call_state *st = bpf_map_lookup_elem(&cpu_call, &zero);
-	if (!st)
+	struct cpu_state *cs = bpf_map_lookup_elem(&cpu_call, &zero);
+	if (!cs)
 		return 0;
+	struct call_state *st = &cs->call;
 	if (st->task != (u64)task) { /* the thread left its CPU during the call */
 		struct task_state *ts = bpf_task_storage_get(&tstate, task, 0, 0);
 		if (!ts || ts->call.task != (u64)task)
@@ -737,6 +878,7 @@ int BPF_PROG(sys_exit, struct pt_regs *regs, long ret)
 	}
 	struct agg_key key = {};
 	__builtin_memcpy(key.comm, task->comm, sizeof(key.comm));
+	key.tgid = tgid;
 	key.nr = call.nr;
 	key.cat = cat;
 	key.kind = KIND_SYSCALL;
@@ -744,27 +886,41 @@ int BPF_PROG(sys_exit, struct pt_regs *regs, long ret)
 	if (!v)
 		return 0;
 	account(v, ret, dur, fl & SC_BYTES);
-	v->blocked_ns += call.blocked_ns;
-	v->runq_ns += call.runq_ns;
+	if (call.blocked_ns | call.runq_ns) {
+		v->blocked_ns += call.blocked_ns;
+		v->runq_ns += call.runq_ns;
+		/* Waiting for the database is always a request's wait. */
+		if (call.idle && cat != CAT_DATABASE)
+			v->idle_blocked_ns += call.blocked_ns;
+	}
+	if (cat == CAT_NETWORK || cat == CAT_DATABASE)
+		note_serving(cs, task, cat, fl, ret);
 	return 0;
 }
 
 /* Off-CPU: switch-out time, then (if it slept) wake-up time, then switch-in. Blocked is
  * switch-out -> wake-up; run-queue delay is wake-up (or a preempting switch-out) ->
- * switch-in. Inside a syscall both go to that syscall; outside, to a KIND_SCHED entry. */
+ * switch-in. Inside a syscall both go to that syscall; outside, to a KIND_SCHED entry.
+ * The serving flag travels with the thread: CPU -> task storage at switch-out, back at
+ * switch-in. */
 SEC("tp_btf/sched_switch")
 int BPF_PROG(sched_switch, bool preempt, struct task_struct *prev, struct task_struct *next,
 	     unsigned int prev_state)
 {
 	u64 now = 0;
-	if (prev->tgid == targ_tgid) {
+	u32 zero = 0;
+	if (traced_tgid(prev->tgid)) {
 		struct task_state *st = bpf_task_storage_get(&tstate, prev, 0,
 							     BPF_LOCAL_STORAGE_GET_F_CREATE);
-		u32 zero = 0;
-		struct call_state *c = bpf_map_lookup_elem(&cpu_call, &zero);
-		if (st && c && c->task == (u64)prev) { /* leaving inside a call: take it along */
-			st->call = *c;
-			c->task = 0;
+		struct cpu_state *c = bpf_map_lookup_elem(&cpu_call, &zero);
+		if (st && c) {
+			if (c->call.task == (u64)prev) { /* leaving inside a call: take it along */
+				st->call = c->call;
+				c->call.task = 0;
+			}
+			if (c->thread == (u64)prev)
+				st->serving = c->serving;
+			c->thread = 0;
 		}
 		if (st) {
 			now = bpf_ktime_get_ns();
@@ -773,8 +929,13 @@ int BPF_PROG(sched_switch, bool preempt, struct task_struct *prev, struct task_s
 			st->preempted = prev_state == 0; /* TASK_RUNNING: still runnable */
 		}
 	}
-	if (next->tgid == targ_tgid) {
+	if (traced_tgid(next->tgid)) {
 		struct task_state *st = bpf_task_storage_get(&tstate, next, 0, 0);
+		struct cpu_state *c = bpf_map_lookup_elem(&cpu_call, &zero);
+		if (c) {
+			c->thread = (u64)next;
+			c->serving = st ? st->serving : 0;
+		}
 		if (!st || !st->off_ts)
 			return 0;
 		if (!now)
@@ -795,6 +956,7 @@ int BPF_PROG(sched_switch, bool preempt, struct task_struct *prev, struct task_s
 		} else {
 			struct agg_key key = {};
 			__builtin_memcpy(key.comm, next->comm, sizeof(key.comm));
+			key.tgid = next->tgid;
 			key.cat = CAT_OTHER;
 			key.kind = KIND_SCHED;
 			struct agg_val *v = agg_entry(&key);
@@ -802,6 +964,8 @@ int BPF_PROG(sched_switch, bool preempt, struct task_struct *prev, struct task_s
 				v->count += 1;
 				v->blocked_ns += blocked;
 				v->runq_ns += runq;
+				if (!st->serving)
+					v->idle_blocked_ns += blocked;
 			}
 		}
 	}
@@ -811,11 +975,61 @@ int BPF_PROG(sched_switch, bool preempt, struct task_struct *prev, struct task_s
 SEC("tp_btf/sched_wakeup")
 int BPF_PROG(sched_wakeup, struct task_struct *p)
 {
-	if (p->tgid != targ_tgid)
+	if (!traced_tgid(p->tgid))
 		return 0;
 	struct task_state *st = bpf_task_storage_get(&tstate, p, 0, 0);
 	if (st && st->off_ts && !st->wake_ts)
 		st->wake_ts = bpf_ktime_get_ns();
+	return 0;
+}
+
+/* A traced process forks: the child is traced too (follow_forks), in its parent's tree.
+ * Threads (same tgid) are traced already. */
+SEC("tp_btf/sched_process_fork")
+int BPF_PROG(sched_process_fork, struct task_struct *parent, struct task_struct *child)
+{
+	if (!follow_forks)
+		return 0;
+	u32 ptgid = parent->tgid, ctgid = child->tgid;
+	if (ctgid == ptgid || !traced_tgid(ptgid))
+		return 0;
+	struct proc_info *pp = bpf_map_lookup_elem(&procs, &ptgid);
+	struct proc_info ci = {};
+	ci.ppid = ptgid;
+	ci.root = pp ? pp->root : targ_tgid;
+	if (bpf_map_update_elem(&procs, &ctgid, &ci, BPF_ANY))
+		note_drop();
+	set_add(ctgid);
+	return 0;
+}
+
+/* The last thread of a traced process exits: forget its tgid (which the kernel may hand
+ * to another process once the parent has reaped this one). */
+SEC("tp_btf/sched_process_exit")
+int BPF_PROG(sched_process_exit, struct task_struct *p)
+{
+	if (!use_set)
+		return 0;
+	u32 tgid = p->tgid;
+	if (tgid == targ_tgid || !traced_tgid(tgid))
+		return 0;
+	if (p->signal->live.counter != 0)
+		return 0;
+	set_remove(tgid);
+	return 0;
+}
+
+/* Direction of a ring opcode, as SC_IN / SC_OUT / SC_CLOSE. */
+static __always_inline u32 ring_op_dir(u8 op)
+{
+	switch (op) {
+	case 1: case 4: case 10: case 22: case 27: case 49: case 60:
+		return SC_IN;
+	case 2: case 5: case 9: case 23: case 26: case 34: case 47: case 48: case 61:
+		return SC_OUT;
+	case 19:
+		return SC_CLOSE;
+	}
 	return 0;
 }
 
@@ -826,10 +1040,13 @@ int BPF_PROG(sched_wakeup, struct task_struct *p)
 SEC("tp_btf/io_uring_submit_req")
 int BPF_PROG(io_uring_submit_req, struct io_kiocb *req)
 {
-	if (!is_target())
+	u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	if (!traced_tgid(tgid))
 		return 0;
 	struct ring_state rs = {};
 	rs.ts = bpf_ktime_get_ns();
+	rs.task = (u64)bpf_get_current_task_btf();
+	rs.tgid = tgid;
 	rs.opcode = BPF_CORE_READ(req, opcode);
 	rs.cat = CAT_NONE;
 	bpf_get_current_comm(rs.comm, sizeof(rs.comm));
@@ -876,6 +1093,7 @@ int BPF_PROG(io_uring_complete, struct io_ring_ctx *ring, void *req, struct io_u
 		cat = CAT_OTHER;
 	struct agg_key k = {};
 	__builtin_memcpy(k.comm, rs->comm, sizeof(k.comm));
+	k.tgid = rs->tgid;
 	k.nr = rs->opcode;
 	k.cat = cat;
 	k.kind = KIND_RING;
@@ -883,6 +1101,15 @@ int BPF_PROG(io_uring_complete, struct io_ring_ctx *ring, void *req, struct io_u
 	struct agg_val *v = agg_entry(&k);
 	if (v)
 		account(v, res, dur, ring_op_bytes(rs->opcode));
+	/* Completed in its submitter's own context (task work, the common case with
+	 * COOP_TASKRUN): the submitter's serving flag follows, as for a syscall. */
+	struct task_struct *cur = bpf_get_current_task_btf();
+	if ((cat == CAT_NETWORK || cat == CAT_DATABASE) && rs->task == (u64)cur) {
+		u32 zero = 0;
+		struct cpu_state *cs = bpf_map_lookup_elem(&cpu_call, &zero);
+		if (cs)
+			note_serving(cs, cur, cat, ring_op_dir(rs->opcode), res);
+	}
 	if (!(flags & IORING_CQE_F_MORE))
 		bpf_map_delete_elem(&ring_reqs, &key);
 	return 0;

@@ -1,7 +1,8 @@
 //! The eBPF backend: loads `bpf/tracer.bpf.c` (a libbpf-rs skeleton built by build.rs)
-//! for one tgid, keeps the classification maps current, and reads the per-CPU aggregates
-//! back into a [`Profile`]. No per-event traffic: user space reads the maps only when a
-//! snapshot or the final profile is asked for.
+//! for one tgid and, by default, its descendants (plus companion processes and theirs),
+//! keeps the classification maps current, and reads the per-CPU aggregates back into a
+//! [`Profile`] per traced tree. No per-event traffic: user space reads the maps only when
+//! a snapshot or the final profile is asked for.
 
 mod skel {
     #![allow(
@@ -14,6 +15,7 @@ mod skel {
     include!(concat!(env!("OUT_DIR"), "/tracer.skel.rs"));
 }
 
+use std::collections::HashMap;
 use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc;
@@ -37,6 +39,11 @@ const KIND_SYSCALL: u8 = 0;
 const KIND_RING: u8 = 1;
 const KIND_SCHED: u8 = 2;
 const DB_PATH_MAX: usize = 108;
+/// Slots of the program's direct-mapped set of traced tgids, and its flag bits.
+const TGID_SLOTS: usize = 8192;
+const SLOT_USED: u32 = 1 << 30;
+const SLOT_MORE: u32 = 1 << 31;
+const SLOT_TGID: u32 = SLOT_USED - 1;
 
 /// The worker: attach, then serve snapshot/stop until told to stop.
 pub(crate) fn run(
@@ -45,7 +52,7 @@ pub(crate) fn run(
     ready: mpsc::Sender<Result<Started>>,
     cmds: mpsc::Receiver<Cmd>,
     shared: Arc<Shared>,
-) -> Result<Profile> {
+) -> Result<Vec<Profile>> {
     let mut notes = match crate::privileges::check_ebpf() {
         Ok(n) => n,
         Err(e) => {
@@ -103,9 +110,32 @@ pub(crate) fn run(
         }
     };
 
+    for &c in &opts.companions {
+        if let Err(e) = crate::context::check_pid(c) {
+            kill_held(&held);
+            let _ = ready.send(Err(e.context("a process to trace beside the target")));
+            bail!("not attached");
+        }
+    }
     let mut ctx = Context::resolve(pid, &opts.overrides);
+    ctx.include(&opts.companions);
+    let mut tree = Tree::new(pid, &opts);
     let mut storage = MaybeUninit::uninit();
-    let mut skel = match load(&mut storage, pid, &ctx) {
+    // Everything the programs classify with goes into the maps before they are attached:
+    // a call made in between would find no listening port and no log file (under load,
+    // the first few milliseconds of calls were `other`).
+    let attached = load(&mut storage, pid, &ctx, &opts).and_then(|mut skel| {
+        sync_maps(&mut skel, &ctx)?;
+        if !spawned {
+            seed_epoll_sets(&skel, pid, &ctx);
+        }
+        tree.discover(&mut skel)?;
+        skel.attach().context("attaching the BPF programs")?;
+        // Processes forked between the walk above and the attach.
+        tree.discover(&mut skel)?;
+        Ok(skel)
+    });
+    let mut skel = match attached {
         Ok(s) => s,
         Err(e) => {
             kill_held(&held);
@@ -113,14 +143,6 @@ pub(crate) fn run(
             bail!("not attached");
         }
     };
-    if let Err(e) = sync_maps(&mut skel, &ctx) {
-        kill_held(&held);
-        let _ = ready.send(Err(e));
-        bail!("not attached");
-    }
-    if !spawned {
-        seed_epoll_sets(&skel, pid, &ctx);
-    }
     if let Some((_, w)) = held {
         unsafe {
             libc::write(w, [1u8].as_ptr() as *const libc::c_void, 1);
@@ -130,11 +152,13 @@ pub(crate) fn run(
     let start = Instant::now();
     let _ = ready.send(Ok(Started { pid, wake: None }));
 
+    let children = opts.children;
     let target_info = |exited: bool| TargetInfo {
         pid,
         command: command.clone(),
         spawned,
         exited,
+        children,
     };
     let mut exited = false;
     let mut last_refresh = Instant::now();
@@ -143,7 +167,7 @@ pub(crate) fn run(
         match cmds.recv_timeout(Duration::from_millis(100)) {
             Ok(Cmd::Snapshot(tx)) => {
                 let meta = meta(&ctx, target_info(exited), start, &notes, &skel);
-                let _ = tx.send(read_profile(&skel, meta)?);
+                let _ = tx.send(read_profiles(&skel, meta, &mut tree)?);
             }
             Ok(Cmd::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
             Err(mpsc::RecvTimeoutError::Timeout) => {}
@@ -164,6 +188,9 @@ pub(crate) fn run(
                 ));
             } else if last_refresh.elapsed() > Duration::from_secs(1) {
                 last_refresh = Instant::now();
+                // Name the processes forked since (a PostgreSQL backend retitles itself
+                // right after the fork; a short-lived one may be gone by the end).
+                tree.name_new(&skel);
                 // listen() is seen in the kernel (add_listen_port), so the costly scan of
                 // the listening sockets only catches those that arrive without one (passed
                 // over a Unix socket, or listened on by an io_uring op): every 10 s.
@@ -183,7 +210,7 @@ pub(crate) fn run(
         }
     }
     let meta = meta(&ctx, target_info(exited), start, &notes, &skel);
-    let profile = read_profile(&skel, meta);
+    let profile = read_profiles(&skel, meta, &mut tree);
     // Dropping the skeleton destroys links and programs: nothing outlives the tracer.
     drop(skel);
     if spawned && !exited {
@@ -232,10 +259,12 @@ fn meta(
     }
 }
 
+/// Opens and loads the programs for `pid` (not attached yet: see [`run`]).
 fn load<'obj>(
     storage: &'obj mut MaybeUninit<libbpf_rs::OpenObject>,
     pid: i32,
     ctx: &Context,
+    opts: &Options,
 ) -> Result<TracerSkel<'obj>> {
     let builder = TracerSkelBuilder::default();
     let mut open = builder.open(storage).context("opening the BPF object")?;
@@ -245,6 +274,8 @@ fn load<'obj>(
         .as_deref_mut()
         .ok_or_else(|| anyhow!("the BPF object has no rodata"))?;
     rodata.targ_tgid = pid as u32;
+    rodata.follow_forks = opts.children.into();
+    rodata.use_set = (opts.children || !opts.companions.is_empty()).into();
     if let Some(port) = ctx.db_port() {
         rodata.db_port_be = port.to_be();
     }
@@ -258,17 +289,146 @@ fn load<'obj>(
         }
         rodata.db_path_len = b.len() as u32;
     }
-    let mut skel = open
+    let skel = open
         .load()
         .context("loading the BPF programs into the kernel (see the verifier log above if any)")?;
-    // The syscall table and the known listening ports before the programs run.
     for (nr, v) in syscalls::class_table().into_iter().enumerate() {
         skel.maps
             .sys_class
             .update(&(nr as u32).to_ne_bytes(), &v.to_ne_bytes(), MapFlags::ANY)?;
     }
-    skel.attach().context("attaching the BPF programs")?;
     Ok(skel)
+}
+
+/// The traced processes: the roots (the target, then the companions), the processes below
+/// them, and their roles.
+struct Tree {
+    roots: Vec<i32>,
+    follow: bool,
+    /// Roles by tgid, once known for good.
+    names: HashMap<i32, String>,
+    /// Command lines of the roots, to recognise a child that has not retitled itself yet.
+    root_cmdlines: HashMap<i32, String>,
+}
+
+impl Tree {
+    fn new(pid: i32, opts: &Options) -> Tree {
+        let roots: Vec<i32> = std::iter::once(pid)
+            .chain(opts.companions.iter().copied())
+            .collect();
+        let mut t = Tree {
+            root_cmdlines: roots.iter().map(|&r| (r, procfs::cmdline(r))).collect(),
+            roots,
+            follow: opts.children,
+            names: HashMap::new(),
+        };
+        for r in t.roots.clone() {
+            t.name(r, r);
+        }
+        t
+    }
+
+    /// Puts the roots other than the target and (when children are followed) every process
+    /// below a root in the program's set, and in `procs` with its root.
+    fn discover(&mut self, skel: &mut TracerSkel) -> Result<()> {
+        for (i, &root) in self.roots.iter().enumerate() {
+            if i > 0 {
+                add_member(skel, root, 0, root)?;
+            }
+            if self.follow {
+                for (p, parent) in procfs::descendants(root) {
+                    add_member(skel, p, parent, root)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Names the processes in `procs` that have no role yet.
+    fn name_new(&mut self, skel: &TracerSkel) {
+        for (tgid, root) in procs(skel) {
+            if !self.names.contains_key(&tgid) {
+                self.name(tgid, root);
+            }
+        }
+    }
+
+    /// Reads the role of `tgid` (of tree `root`) from /proc, and keeps it unless the
+    /// process still has its root's title (forked a moment ago: read it again later).
+    fn name(&mut self, tgid: i32, root: i32) -> Option<String> {
+        let cmdline = procfs::cmdline(tgid);
+        let role = crate::procrole::of_pid(tgid, tgid == root)?;
+        if tgid == root || self.root_cmdlines.get(&root) != Some(&cmdline) {
+            self.names.insert(tgid, role.clone());
+        }
+        Some(role)
+    }
+
+    /// The role of `tgid` for a profile: known, read now, or (gone before it could be
+    /// read) its thread name.
+    fn role(&mut self, tgid: i32, root: i32, comm: &str) -> String {
+        if let Some(r) = self.names.get(&tgid) {
+            return r.clone();
+        }
+        self.name(tgid, root)
+            .unwrap_or_else(|| format!("{} (exited)", role_of(comm)))
+    }
+}
+
+/// Adds `tgid` (child of `ppid`, in the tree of `root`) to the program's set, as its
+/// set_add does: compare-and-swap on the slot, tgid_more when the slot is taken.
+fn add_member(skel: &mut TracerSkel, tgid: i32, ppid: i32, root: i32) -> Result<()> {
+    let tgid = tgid as u32;
+    let mut info = [0u8; 8];
+    info[..4].copy_from_slice(&(ppid as u32).to_ne_bytes());
+    info[4..].copy_from_slice(&(root as u32).to_ne_bytes());
+    skel.maps
+        .procs
+        .update(&tgid.to_ne_bytes(), &info, MapFlags::ANY)
+        .context("adding a process to the traced set")?;
+    let bss = skel
+        .maps
+        .bss_data
+        .as_deref_mut()
+        .ok_or_else(|| anyhow!("the BPF object has no bss"))?;
+    let slot = &mut bss.tgid_set[tgid as usize % TGID_SLOTS];
+    // SAFETY: an aligned u32 that only atomics touch, here and in the kernel.
+    let slot = unsafe { AtomicU32::from_ptr(slot) };
+    let old = slot.load(Ordering::SeqCst);
+    if old & SLOT_USED != 0 && old & SLOT_TGID == tgid {
+        return Ok(());
+    }
+    if old & SLOT_USED == 0
+        && slot
+            .compare_exchange(
+                old,
+                old | SLOT_USED | tgid,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            )
+            .is_ok()
+    {
+        return Ok(());
+    }
+    skel.maps
+        .tgid_more
+        .update(&tgid.to_ne_bytes(), &[1], MapFlags::ANY)
+        .context("adding a process to the traced set")?;
+    slot.fetch_or(SLOT_MORE, Ordering::SeqCst);
+    Ok(())
+}
+
+/// Every traced process the program knows besides the target, with its root.
+fn procs(skel: &TracerSkel) -> Vec<(i32, i32)> {
+    let m = &skel.maps.procs;
+    m.keys()
+        .filter_map(|k| {
+            let v = m.lookup(&k, MapFlags::ANY).ok()??;
+            let tgid = u32::from_ne_bytes(k[..4].try_into().ok()?) as i32;
+            let root = u32::from_ne_bytes(v[4..8].try_into().ok()?) as i32;
+            Some((tgid, root))
+        })
+        .collect()
 }
 
 /// Pushes listening ports and log files into the maps.
@@ -358,14 +518,16 @@ fn u64_at(b: &[u8], i: usize) -> u64 {
     u64::from_ne_bytes(b[i * 8..i * 8 + 8].try_into().expect("8 bytes"))
 }
 
-/// Reads the per-CPU aggregates (row keys in agg_slots: comm[16], nr u16, cat u8, kind
-/// u8 -> slot; agg_arr[slot]: 7 u64 counters then the histogram) and folds them into a
-/// profile.
-fn read_profile(skel: &TracerSkel, meta: Meta) -> Result<Profile> {
+/// Reads the per-CPU aggregates (row keys in agg_slots: comm[16], tgid u32, nr u16, cat
+/// u8, kind u8 -> slot; agg_arr[slot]: 8 u64 counters then the histogram) and folds them
+/// into a profile per root: the target's first, then each companion's.
+fn read_profiles(skel: &TracerSkel, meta: Meta, tree: &mut Tree) -> Result<Vec<Profile>> {
     let slots = &skel.maps.agg_slots;
     let agg = &skel.maps.agg_arr;
-    let mut records = Vec::new();
-    let mut outside = Stats::default();
+    let roots_of: HashMap<i32, i32> = procs(skel).into_iter().collect();
+    let n = tree.roots.len();
+    let mut records: Vec<Vec<Record>> = vec![Vec::new(); n];
+    let mut outside = vec![Stats::default(); n];
     for key in slots.keys() {
         let Some(slot) = slots.lookup(&key, MapFlags::ANY)? else {
             continue;
@@ -385,27 +547,37 @@ fn read_profile(skel: &TracerSkel, meta: Meta) -> Result<Profile> {
             s.bytes += u64_at(v, 4);
             s.blocked_ns += u64_at(v, 5);
             s.runq_ns += u64_at(v, 6);
+            s.idle_blocked_ns += u64_at(v, 7);
             for b in 0..HIST_BUCKETS {
-                s.hist_log2_ns[b] += u64_at(v, 7 + b);
+                s.hist_log2_ns[b] += u64_at(v, 8 + b);
             }
         }
         let comm_end = key[..16].iter().position(|&c| c == 0).unwrap_or(16);
         let comm = String::from_utf8_lossy(&key[..comm_end]).into_owned();
-        let nr = u16::from_ne_bytes([key[16], key[17]]) as u32;
-        let category = Category::from_index(key[18]).unwrap_or(Category::Other);
-        let (kind, name) = match key[19] {
+        let tgid = u32::from_ne_bytes([key[16], key[17], key[18], key[19]]) as i32;
+        let nr = u16::from_ne_bytes([key[20], key[21]]) as u32;
+        let category = Category::from_index(key[22]).unwrap_or(Category::Other);
+        let root = if tree.roots.contains(&tgid) {
+            tgid
+        } else {
+            roots_of.get(&tgid).copied().unwrap_or(tree.roots[0])
+        };
+        let which = tree.roots.iter().position(|&r| r == root).unwrap_or(0);
+        let (kind, name) = match key[23] {
             KIND_SYSCALL => (Kind::Syscall, syscalls::name(nr)),
             KIND_RING => (Kind::RingOp, syscalls::ring_op_name(nr)),
             KIND_SCHED => {
                 let mut o = s;
                 o.hist_log2_ns.clear();
-                outside.add(&o);
+                outside[which].add(&o);
                 continue;
             }
             _ => continue,
         };
         s.trim();
-        records.push(Record {
+        records[which].push(Record {
+            pid: tgid,
+            process: tree.role(tgid, root, &comm),
             role: role_of(&comm),
             kind,
             name,
@@ -413,5 +585,20 @@ fn read_profile(skel: &TracerSkel, meta: Meta) -> Result<Profile> {
             stats: s,
         });
     }
-    Ok(Profile::build(meta, &records, outside))
+    let mut profiles = Vec::with_capacity(n);
+    for (i, (recs, out)) in records.into_iter().zip(outside).enumerate() {
+        let mut m = meta.clone();
+        if i > 0 {
+            let pid = tree.roots[i];
+            m.target = TargetInfo {
+                pid,
+                command: tree.root_cmdlines.get(&pid).cloned().unwrap_or_default(),
+                spawned: false,
+                exited: !procfs::alive(pid),
+                children: tree.follow,
+            };
+        }
+        profiles.push(Profile::build(m, &recs, out));
+    }
+    Ok(profiles)
 }

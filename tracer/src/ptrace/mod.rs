@@ -1,7 +1,9 @@
 //! The ptrace backend: a portable approximation for when eBPF is not permitted.
 //!
 //! - Attach mode: PTRACE_SEIZE every thread of /proc/PID/task (TRACECLONE catches the
-//!   threads created later) and stop at every syscall entry and exit.
+//!   threads created later) and, unless children are not followed, every thread of every
+//!   process below it (TRACEFORK and TRACEVFORK catch the processes forked later); stop at
+//!   every syscall entry and exit.
 //! - Spawn mode: the child stops itself before exec, then installs a seccomp filter that
 //!   returns RET_TRACE only for the syscalls of interest (fd I/O, waits, futex: see
 //!   [`traced_syscalls`]); every other syscall runs at full speed and is not counted.
@@ -152,21 +154,41 @@ struct Entry {
 struct Thread {
     entry: Option<Entry>,
     comm: Option<String>,
+    /// Its process, read from /proc once.
+    tgid: Option<i32>,
 }
 
-struct Tracer {
-    pid: i32,
-    spawn: bool,
-    ctx: Context,
+/// What the tracer knows of one traced process's fds.
+struct Process {
     socks: SockCache,
-    threads: HashMap<i32, Thread>,
-    stats: HashMap<(String, u32, Category), Stats>,
     /// Categories of fds already classified (only definite ones: a socket not yet
     /// connected or a file not yet known as the log is looked up again). Dropped when the
     /// number is closed or handed out again, so that /proc is read once per fd, not per call.
     fd_cache: HashMap<i32, Category>,
     /// Per epoll fd: how many fds of network, database, logging, other it covers.
     epoll: HashMap<i32, [i32; 4]>,
+}
+
+impl Process {
+    fn new(tgid: i32) -> Process {
+        Process {
+            socks: SockCache::new(tgid),
+            fd_cache: HashMap::new(),
+            epoll: HashMap::new(),
+        }
+    }
+}
+
+struct Tracer {
+    pid: i32,
+    spawn: bool,
+    ctx: Context,
+    threads: HashMap<i32, Thread>,
+    /// The traced processes by tgid: the target, and the ones below it.
+    procs: HashMap<i32, Process>,
+    /// Process roles (crate::procrole) by tgid, kept after the process exits.
+    roles: HashMap<i32, String>,
+    stats: HashMap<(i32, String, u32, Category), Stats>,
     exited: bool,
 }
 
@@ -177,7 +199,7 @@ pub(crate) fn run(
     ready: mpsc::Sender<Result<Started>>,
     cmds: mpsc::Receiver<Cmd>,
     shared: Arc<Shared>,
-) -> Result<Profile> {
+) -> Result<Vec<Profile>> {
     install_wake_handler();
     let me = unsafe { libc::pthread_self() };
     let sig = wake_signal();
@@ -185,9 +207,10 @@ pub(crate) fn run(
         libc::pthread_kill(me, sig);
     });
 
+    let children = opts.children;
     let attached = match &target {
-        Target::Pid(pid) => attach(*pid).map(|_| (*pid, false, procfs_cmd(*pid))),
-        Target::Command(cmd) => spawn(cmd).map(|pid| {
+        Target::Pid(pid) => attach(*pid, children).map(|_| (*pid, false, procfs_cmd(*pid))),
+        Target::Command(cmd) => spawn(cmd, children).map(|pid| {
             let c = cmd
                 .iter()
                 .map(|a| a.to_string_lossy().into_owned())
@@ -207,21 +230,39 @@ pub(crate) fn run(
     let mut t = Tracer {
         pid,
         spawn: spawned,
-        socks: SockCache::new(pid),
         threads: HashMap::new(),
+        procs: HashMap::new(),
+        roles: HashMap::new(),
         stats: HashMap::new(),
-        epoll: HashMap::new(),
-        fd_cache: HashMap::new(),
         exited: false,
         ctx,
     };
     if !spawned {
-        for tid in crate::procfs::tasks(pid) {
-            t.threads.insert(tid, Thread::default());
+        let below = if children {
+            crate::procfs::descendants(pid)
+        } else {
+            Vec::new()
+        };
+        for p in std::iter::once(pid).chain(below.into_iter().map(|(p, _)| p)) {
+            for tid in crate::procfs::tasks(p) {
+                t.threads.insert(
+                    tid,
+                    Thread {
+                        tgid: Some(p),
+                        ..Thread::default()
+                    },
+                );
+            }
+            t.seed_epoll(p);
         }
-        t.seed_epoll();
     } else {
-        t.threads.insert(pid, Thread::default());
+        t.threads.insert(
+            pid,
+            Thread {
+                tgid: Some(pid),
+                ..Thread::default()
+            },
+        );
     }
     let start = Instant::now();
     let _ = ready.send(Ok(Started {
@@ -253,6 +294,7 @@ pub(crate) fn run(
             command: command.clone(),
             spawned,
             exited: t.exited,
+            children,
         },
         context: t.ctx.info(),
         duration_s: start.elapsed().as_secs_f64(),
@@ -267,7 +309,7 @@ pub(crate) fn run(
         loop {
             match cmds.try_recv() {
                 Ok(Cmd::Snapshot(tx)) => {
-                    let _ = tx.send(t.profile(meta(&t, &notes)));
+                    let _ = tx.send(vec![t.profile(meta(&t, &notes))]);
                 }
                 Ok(Cmd::Stop) | Err(mpsc::TryRecvError::Disconnected) => {
                     shared.stop.store(true, Ordering::SeqCst);
@@ -283,7 +325,7 @@ pub(crate) fn run(
             // Nothing left to wait for: serve commands only.
             match cmds.recv_timeout(Duration::from_millis(100)) {
                 Ok(Cmd::Snapshot(tx)) => {
-                    let _ = tx.send(t.profile(meta(&t, &notes)));
+                    let _ = tx.send(vec![t.profile(meta(&t, &notes))]);
                 }
                 Ok(Cmd::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
@@ -318,7 +360,7 @@ pub(crate) fn run(
             t.detach_all();
         }
     }
-    Ok(profile)
+    Ok(vec![profile])
 }
 
 fn procfs_cmd(pid: i32) -> String {
@@ -326,15 +368,25 @@ fn procfs_cmd(pid: i32) -> String {
 }
 
 /// Seizes every thread (re-reading the task list until it is stable: threads created while
-/// we seize are caught by TRACECLONE only once their parent is seized), then interrupts
-/// each so that the first stop starts syscall tracing.
-fn attach(pid: i32) -> Result<()> {
+/// we seize are caught by TRACECLONE only once their parent is seized), with `children`
+/// every thread of every process below too (TRACEFORK likewise catches the processes
+/// forked meanwhile), then interrupts each so that the first stop starts syscall tracing.
+fn attach(pid: i32, children: bool) -> Result<()> {
     crate::context::check_pid(pid)?;
-    let opts = PtraceOptions::PTRACE_O_TRACESYSGOOD | PtraceOptions::PTRACE_O_TRACECLONE;
+    let mut opts = PtraceOptions::PTRACE_O_TRACESYSGOOD | PtraceOptions::PTRACE_O_TRACECLONE;
+    if children {
+        opts |= PtraceOptions::PTRACE_O_TRACEFORK | PtraceOptions::PTRACE_O_TRACEVFORK;
+    }
     let mut seized = std::collections::HashSet::new();
     loop {
         let mut new = false;
-        for tid in crate::procfs::tasks(pid) {
+        let below = if children {
+            crate::procfs::descendants(pid)
+        } else {
+            Vec::new()
+        };
+        let procs = std::iter::once(pid).chain(below.into_iter().map(|(p, _)| p));
+        for tid in procs.flat_map(crate::procfs::tasks) {
             if seized.insert(tid) {
                 new = true;
                 match ptrace::seize(Pid::from_raw(tid), opts) {
@@ -382,7 +434,7 @@ fn traced_by_me(tid: i32) -> bool {
 
 /// Forks the command held on SIGSTOP, sets the options, and lets it install its seccomp
 /// filter and exec.
-fn spawn(cmd: &[std::ffi::OsString]) -> Result<i32> {
+fn spawn(cmd: &[std::ffi::OsString], children: bool) -> Result<i32> {
     let argv = Argv::new(cmd)?;
     let filter = seccomp_filter()?;
     let pid = fork_held(&argv, &Hold::Ptrace(filter))?;
@@ -393,15 +445,15 @@ fn spawn(cmd: &[std::ffi::OsString]) -> Result<i32> {
         WaitStatus::Stopped(_, Signal::SIGSTOP) => {}
         other => bail!("the child did not stop as expected: {other:?}"),
     }
-    ptrace::setoptions(
-        p,
-        PtraceOptions::PTRACE_O_TRACESYSGOOD
-            | PtraceOptions::PTRACE_O_TRACECLONE
-            | PtraceOptions::PTRACE_O_TRACESECCOMP
-            | PtraceOptions::PTRACE_O_TRACEEXEC
-            | PtraceOptions::PTRACE_O_EXITKILL,
-    )
-    .context("PTRACE_SETOPTIONS")?;
+    let mut opts = PtraceOptions::PTRACE_O_TRACESYSGOOD
+        | PtraceOptions::PTRACE_O_TRACECLONE
+        | PtraceOptions::PTRACE_O_TRACESECCOMP
+        | PtraceOptions::PTRACE_O_TRACEEXEC
+        | PtraceOptions::PTRACE_O_EXITKILL;
+    if children {
+        opts |= PtraceOptions::PTRACE_O_TRACEFORK | PtraceOptions::PTRACE_O_TRACEVFORK;
+    }
+    ptrace::setoptions(p, opts).context("PTRACE_SETOPTIONS")?;
     ptrace::cont(p, None).context("PTRACE_CONT")?;
     Ok(pid)
 }
@@ -453,12 +505,17 @@ impl Tracer {
                             to_exit = true;
                         }
                     }
-                } else if ev == libc::PTRACE_EVENT_CLONE {
+                } else if ev == libc::PTRACE_EVENT_CLONE
+                    || ev == libc::PTRACE_EVENT_FORK
+                    || ev == libc::PTRACE_EVENT_VFORK
+                {
                     if let Ok(new) = ptrace::getevent(tid) {
                         self.threads.entry(new as i32).or_default();
                     }
+                } else if ev == libc::PTRACE_EVENT_EXEC {
+                    self.exec(tid.as_raw());
                 }
-                // PTRACE_EVENT_STOP (first stop after seize, group stops), EXEC: go on.
+                // PTRACE_EVENT_STOP (first stop after seize, group stops): go on.
                 self.resume(tid, None, to_exit);
             }
             WaitStatus::Stopped(tid, sig) => {
@@ -472,7 +529,12 @@ impl Tracer {
                 }
             }
             WaitStatus::Exited(tid, _) | WaitStatus::Signaled(tid, _, _) => {
-                self.threads.remove(&tid.as_raw());
+                if let Some(t) = self.threads.remove(&tid.as_raw()) {
+                    // A child process gone for good: its fds go with it.
+                    if t.tgid == Some(tid.as_raw()) && tid.as_raw() != self.pid {
+                        self.procs.remove(&tid.as_raw());
+                    }
+                }
                 if tid.as_raw() == self.pid || self.threads.is_empty() {
                     self.exited = !crate::procfs::alive(self.pid) || tid.as_raw() == self.pid;
                 }
@@ -481,46 +543,80 @@ impl Tracer {
         }
     }
 
+    /// The process of thread `tid` (read from /proc once).
+    fn tgid(&mut self, tid: i32) -> i32 {
+        let th = self.threads.entry(tid).or_default();
+        *th.tgid
+            .get_or_insert_with(|| crate::procfs::tgid(tid).unwrap_or(tid))
+    }
+
+    /// The fd state of process `tgid`, created when first seen.
+    fn process(&mut self, tgid: i32) -> &mut Process {
+        if !self.roles.contains_key(&tgid) {
+            let role = crate::procrole::of_pid(tgid, tgid == self.pid);
+            self.roles.insert(tgid, role.unwrap_or_else(|| "?".into()));
+        }
+        self.procs.entry(tgid).or_insert_with(|| Process::new(tgid))
+    }
+
     fn role(&mut self, tid: i32) -> String {
-        let pid = self.pid;
+        let tgid = self.tgid(tid);
         let th = self.threads.entry(tid).or_default();
         if th.comm.is_none() {
-            th.comm = Some(crate::procfs::comm(pid, tid));
+            th.comm = Some(crate::procfs::comm(tgid, tid));
         }
         role_of(th.comm.as_deref().unwrap_or(""))
     }
 
-    fn classify(&mut self, fd: i32) -> Option<Category> {
-        if let Some(c) = self.fd_cache.get(&fd) {
+    /// Thread `tid` has exec'd another program: a new name, maybe a new role, and the fds
+    /// closed on exec are gone (the exec'ing thread is now the leader: tid is the tgid).
+    fn exec(&mut self, tid: i32) {
+        self.threads.insert(
+            tid,
+            Thread {
+                tgid: Some(tid),
+                ..Thread::default()
+            },
+        );
+        self.roles.remove(&tid);
+        self.procs.remove(&tid);
+    }
+
+    fn classify(&mut self, tgid: i32, fd: i32) -> Option<Category> {
+        self.process(tgid);
+        let ctx = &self.ctx;
+        let p = self.procs.get_mut(&tgid).expect("just created");
+        if let Some(c) = p.fd_cache.get(&fd) {
             return Some(*c);
         }
-        let c = self.socks.classify(self.pid, fd, &self.ctx)?;
-        self.fd_cache.insert(fd, c);
+        let c = p.socks.classify(tgid, fd, ctx)?;
+        p.fd_cache.insert(fd, c);
         Some(c)
     }
 
     fn on_entry(&mut self, tid: i32, nr: u32, args: [u64; 6]) {
         let name = syscalls::name(nr);
         let (mut cat, flags) = class_of(&name);
-        let pid = self.pid;
+        let pid = self.tgid(tid);
         if flags & syscalls::EPOLL_WAIT != 0 {
-            cat = self.epoll_wait_cat(args[0] as i32);
+            cat = self.epoll_wait_cat(pid, args[0] as i32);
         } else if flags & syscalls::EPOLL_CTL != 0 {
             let (epfd, op, fd) = (args[0] as i32, args[1] as i32, args[2] as i32);
             if op == libc::EPOLL_CTL_ADD || op == libc::EPOLL_CTL_DEL {
-                let category = self.classify(fd);
-                let socks = &mut self.socks;
+                let category = self.classify(pid, fd);
+                let p = self.process(pid);
+                let socks = &mut p.socks;
                 let slot =
                     classify::epoll_cover_slot(pid, fd, category, || socks.is_non_tcp(pid, fd));
                 if let Some(slot) = slot {
-                    let n = self.epoll.entry(epfd).or_default();
+                    let n = p.epoll.entry(epfd).or_default();
                     n[slot] += if op == libc::EPOLL_CTL_ADD { 1 } else { -1 };
                 }
             }
         } else if flags & syscalls::POLL != 0 {
             if args[1] == 1 {
                 if let Some(fd) = read_i32(pid, args[0]) {
-                    if let Some(c) = self.classify(fd) {
+                    if let Some(c) = self.classify(pid, fd) {
                         cat = c;
                     }
                 }
@@ -533,12 +629,13 @@ impl Tracer {
                 }
             }
         } else if flags & syscalls::FD0 != 0 {
-            if let Some(c) = self.classify(args[0] as i32) {
+            if let Some(c) = self.classify(pid, args[0] as i32) {
                 cat = c;
             }
             if flags & syscalls::CLOSE != 0 {
-                self.fd_cache.remove(&(args[0] as i32));
-                self.epoll.remove(&(args[0] as i32));
+                let p = self.process(pid);
+                p.fd_cache.remove(&(args[0] as i32));
+                p.epoll.remove(&(args[0] as i32));
             }
         }
         let e = Entry {
@@ -551,7 +648,7 @@ impl Tracer {
         if flags & syscalls::NORET != 0 {
             let role = self.role(tid);
             self.stats
-                .entry((role, nr, cat))
+                .entry((pid, role, nr, cat))
                 .or_default()
                 .record(0, 0, false);
             return;
@@ -566,42 +663,46 @@ impl Tracer {
         let dur = e.ts.elapsed().as_nanos() as u64;
         let mut cat = e.cat;
         let name = syscalls::name(e.nr);
+        if ret == 0 && (name == "execve" || name == "execveat") {
+            self.exec(tid);
+        }
+        let pid = self.tgid(tid);
+        let p = self.process(pid);
         if ret >= 0 && NEW_FD.contains(&name.as_str()) {
-            self.fd_cache.remove(&(ret as i32));
+            p.fd_cache.remove(&(ret as i32));
         } else if NEW_FDS.contains(&name.as_str()) {
-            self.fd_cache.clear();
+            p.fd_cache.clear();
         }
         if e.flags & syscalls::LISTEN != 0 && ret == 0 {
             // Only now is the socket in /proc/net/tcp (bound sockets are not listed).
-            if let Some(port) = self.socks.local_port(self.pid, e.arg0 as i32) {
+            if let Some(port) = p.socks.local_port(pid, e.arg0 as i32) {
                 self.ctx.add_listen_port(port);
             }
         }
         if e.flags & syscalls::RET_FD != 0 && ret >= 0 {
             // The log file may have just been created.
             self.ctx.refresh_log_ids();
-            if let Some(c) = self.classify(ret as i32) {
+            if let Some(c) = self.classify(pid, ret as i32) {
                 cat = c;
             }
         }
         let role = self.role(tid);
-        self.stats.entry((role, e.nr, cat)).or_default().record(
-            ret,
-            dur,
-            e.flags & syscalls::BYTES != 0,
-        );
+        self.stats
+            .entry((pid, role, e.nr, cat))
+            .or_default()
+            .record(ret, dur, e.flags & syscalls::BYTES != 0);
     }
 
-    fn epoll_wait_cat(&self, epfd: i32) -> Category {
-        match self.epoll.get(&epfd) {
+    fn epoll_wait_cat(&mut self, pid: i32, epfd: i32) -> Category {
+        match self.process(pid).epoll.get(&epfd) {
             Some(n) if n[0] <= 0 && n[3] <= 0 && n[1] > 0 && n[2] <= 0 => Category::Database,
             Some(n) if n[0] <= 0 && n[3] <= 0 && n[2] > 0 && n[1] <= 0 => Category::Logging,
             _ => Category::EventLoop,
         }
     }
 
-    fn seed_epoll(&mut self) {
-        let pid = self.pid;
+    /// The epoll sets process `pid` holds at attach, from /proc (fdinfo `tfd:` lines).
+    fn seed_epoll(&mut self, pid: i32) {
         for fd in crate::procfs::fds(pid) {
             if crate::procfs::fd_target(pid, fd)
                 != Some(crate::procfs::FdTarget::AnonInode("eventpoll".into()))
@@ -610,23 +711,36 @@ impl Tracer {
             }
             let mut n = [0i32; 4];
             for tfd in crate::procfs::epoll_targets(pid, fd) {
-                let category = self.socks.classify(pid, tfd, &self.ctx);
-                let socks = &mut self.socks;
+                let category = self.classify(pid, tfd);
+                let socks = &mut self.process(pid).socks;
                 if let Some(s) =
                     classify::epoll_cover_slot(pid, tfd, category, || socks.is_non_tcp(pid, tfd))
                 {
                     n[s] += 1;
                 }
             }
-            self.epoll.insert(fd, n);
+            self.process(pid).epoll.insert(fd, n);
         }
     }
 
-    fn profile(&self, meta: Meta) -> Profile {
+    fn profile(&mut self, meta: Meta) -> Profile {
+        // Read again for the living: a process titles itself after the fork (PostgreSQL's
+        // backends), maybe after its first calls were seen.
+        for (pid, role) in self.roles.iter_mut() {
+            if let Some(r) = crate::procrole::of_pid(*pid, *pid == self.pid) {
+                *role = r;
+            }
+        }
         let records: Vec<Record> = self
             .stats
             .iter()
-            .map(|((role, nr, cat), s)| Record {
+            .map(|((pid, role, nr, cat), s)| Record {
+                pid: *pid,
+                process: self
+                    .roles
+                    .get(pid)
+                    .cloned()
+                    .unwrap_or_else(|| format!("{role} (exited)")),
                 role: role.clone(),
                 kind: Kind::Syscall,
                 name: syscalls::name(*nr),
