@@ -8,13 +8,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::metrics::METRICS;
+use crate::metrics::{self, METRICS};
 use crate::render::{self, Fortune, World};
 
 pub const TEXT_PLAIN: &str = "text/plain";
 pub const APPLICATION_JSON: &str = "application/json";
 pub const TEXT_HTML: &str = "text/html; charset=utf-8";
-pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// The `Server` header of every response.
 pub const SERVER_NAME: &str = "syscall-lab";
@@ -329,7 +328,7 @@ fn respond_without_database(route: Route, pool_state: (usize, usize)) -> Respons
     match route {
         Route::Plaintext => Response::new(200, TEXT_PLAIN, Bytes::from_static(b"Hello, World!")),
         Route::Json => Response::new(200, APPLICATION_JSON, render::json_message()),
-        _ => Response::new(200, PROMETHEUS_TEXT, METRICS.render(pool_state)),
+        _ => Response::new(200, metrics::CONTENT_TYPE, METRICS.render(pool_state)),
     }
 }
 

@@ -1,8 +1,15 @@
-//! Prometheus metrics shared by every variant, kept in plain atomics.
+//! Prometheus metrics shared by every variant, kept and exposed with the Prometheus
+//! project's own client (`prometheus-client`).
 //!
-//! Recording a request is a handful of relaxed atomic adds: no lock, no allocation and no
-//! syscall, so that measuring the servers does not change what is measured. `/metrics`
-//! renders the text exposition format on demand. Every variant exports the same names:
+//! Recording a request adds to one atomic counter and locks its route's histogram for one
+//! observation: no allocation after a series' first request and no syscall, so that
+//! measuring the servers does not change what is measured. The series live in the
+//! library's families, which `/metrics` encodes; the request path keeps each series' handle
+//! from its first request, because looking it up in the family every time (a shared lock
+//! and a hash of the labels) cost 4 to 6 times as much per request, and 9% more CPU per
+//! request in the cheapest case (docs/benchmarks.md, "Metrics on the request path").
+//! `/metrics` encodes the Prometheus text format on demand. Every variant exports the same
+//! names:
 //!
 //! - `lab_http_requests_total{route,status}`
 //! - `lab_http_request_duration_seconds{route}` (histogram)
@@ -17,13 +24,28 @@
 //! Every series carries a `variant` label, so that one Prometheus can compare variants
 //! that ran one after another on the same port.
 
-use std::fmt::Write;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
-use std::sync::OnceLock;
+use std::borrow::Cow;
+use std::fmt::{self, Write as _};
+use std::sync::{LazyLock, OnceLock};
 use std::time::Duration;
 
-/// Route labels, in the order of the counters below. `bad_request` covers requests the
-/// HTTP codec rejected before any route was known.
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    prometheus_text, DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric,
+    LabelValueEncoder,
+};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+/// The content type of [`Metrics::render`]'s text.
+pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
+
+/// Route labels. `bad_request` covers requests the HTTP codec rejected before any route was
+/// known, and any label not listed here.
 pub const ROUTES: [&str; 12] = [
     "plaintext",
     "json",
@@ -50,37 +72,68 @@ const BUCKETS: [f64; 16] = [
 ];
 
 const N_ROUTES: usize = ROUTES.len();
+/// The statuses of [`STATUSES`], then "other".
 const N_STATUSES: usize = STATUSES.len() + 1;
-const N_BUCKETS: usize = BUCKETS.len() + 1;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: &'static str,
+    status: Status,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PoolLabels {
+    state: &'static str,
+}
+
+/// An HTTP status of [`STATUSES`], or 0 for "other".
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+struct Status(u16);
+
+impl EncodeLabelValue for Status {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> fmt::Result {
+        match self.0 {
+            0 => encoder.write_str("other"),
+            code => write!(encoder, "{code}"),
+        }
+    }
+}
 
 pub struct Metrics {
-    requests: [[AtomicU64; N_STATUSES]; N_ROUTES],
-    buckets: [[AtomicU64; N_BUCKETS]; N_ROUTES],
-    duration_micros: [AtomicU64; N_ROUTES],
-    in_flight: AtomicI64,
-    log_lines_dropped: AtomicU64,
+    requests: Family<RequestLabels, Counter>,
+    durations: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    /// Handles of the families' series by (route, status) and by route, taken at a series'
+    /// first request (so that `/metrics` lists only series that counted something).
+    request_series: [[OnceLock<Counter>; N_STATUSES]; N_ROUTES],
+    duration_series: [OnceLock<Histogram>; N_ROUTES],
+    in_flight: Gauge,
+    log_lines_dropped: Counter,
+    pool: Family<PoolLabels, Gauge>,
     variant: OnceLock<&'static str>,
+    /// Built at the first scrape, with the variant label set by then.
+    registry: OnceLock<Registry>,
 }
 
 /// The process's metrics.
-pub static METRICS: Metrics = Metrics::new();
-
-#[allow(clippy::declare_interior_mutable_const)]
-const ZERO: AtomicU64 = AtomicU64::new(0);
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
 
 impl Metrics {
-    const fn new() -> Self {
-        #[allow(clippy::declare_interior_mutable_const)]
-        const STATUS_ROW: [AtomicU64; N_STATUSES] = [ZERO; N_STATUSES];
-        #[allow(clippy::declare_interior_mutable_const)]
-        const BUCKET_ROW: [AtomicU64; N_BUCKETS] = [ZERO; N_BUCKETS];
+    fn new() -> Self {
         Metrics {
-            requests: [STATUS_ROW; N_ROUTES],
-            buckets: [BUCKET_ROW; N_ROUTES],
-            duration_micros: [ZERO; N_ROUTES],
-            in_flight: AtomicI64::new(0),
-            log_lines_dropped: AtomicU64::new(0),
+            requests: Family::default(),
+            durations: Family::new_with_constructor(|| Histogram::new(BUCKETS)),
+            request_series: std::array::from_fn(|_| std::array::from_fn(|_| OnceLock::new())),
+            duration_series: std::array::from_fn(|_| OnceLock::new()),
+            in_flight: Gauge::default(),
+            log_lines_dropped: Counter::default(),
+            pool: Family::default(),
             variant: OnceLock::new(),
+            registry: OnceLock::new(),
         }
     }
 
@@ -90,11 +143,12 @@ impl Metrics {
 
     /// Counts a request as started; the guard counts it as finished when dropped.
     pub fn start_request(&'static self) -> InFlight {
-        self.in_flight.fetch_add(1, Relaxed);
+        self.in_flight.inc();
         InFlight(self)
     }
 
-    /// Records a finished request under its route label (one of [`ROUTES`]).
+    /// Records a finished request under its route label (one of [`ROUTES`]; any other counts
+    /// as `bad_request`).
     pub fn record(&self, route: &str, status: u16, elapsed: Duration) {
         let r = ROUTES
             .iter()
@@ -104,127 +158,76 @@ impl Metrics {
             .iter()
             .position(|&code| code == status)
             .unwrap_or(N_STATUSES - 1);
-        self.requests[r][s].fetch_add(1, Relaxed);
-        let seconds = elapsed.as_secs_f64();
-        let b = BUCKETS
-            .iter()
-            .position(|&bound| seconds <= bound)
-            .unwrap_or(N_BUCKETS - 1);
-        self.buckets[r][b].fetch_add(1, Relaxed);
-        self.duration_micros[r].fetch_add(elapsed.as_micros() as u64, Relaxed);
+        let route = ROUTES[r];
+        self.request_series[r][s]
+            .get_or_init(|| {
+                let status = Status(STATUSES.get(s).copied().unwrap_or(0));
+                self.requests
+                    .get_or_create_owned(&RequestLabels { route, status })
+            })
+            .inc();
+        self.duration_series[r]
+            .get_or_init(|| self.durations.get_or_create_owned(&RouteLabels { route }))
+            .observe(elapsed.as_secs_f64());
     }
 
     pub fn log_line_dropped(&self) {
-        self.log_lines_dropped.fetch_add(1, Relaxed);
+        self.log_lines_dropped.inc();
     }
 
     pub fn log_lines_dropped(&self) -> u64 {
-        self.log_lines_dropped.load(Relaxed)
+        self.log_lines_dropped.get()
     }
 
-    /// Requests counted so far for a route and status (for tests and the lab).
-    pub fn requests(&self, route: &str, status: u16) -> u64 {
-        let r = ROUTES.iter().position(|&name| name == route);
-        let s = STATUSES.iter().position(|&code| code == status);
-        match (r, s) {
-            (Some(r), Some(s)) => self.requests[r][s].load(Relaxed),
-            _ => 0,
-        }
-    }
-
-    /// The Prometheus text exposition; `pool` is (connections in use, idle).
+    /// The Prometheus text exposition ([`CONTENT_TYPE`]); `pool` is (connections in use, idle).
     pub fn render(&self, pool: (usize, usize)) -> String {
+        for (state, n) in [("in_use", pool.0), ("idle", pool.1)] {
+            self.pool.get_or_create(&PoolLabels { state }).set(n as i64);
+        }
+        let registry = self.registry.get_or_init(|| self.registry());
         let mut out = String::with_capacity(8 * 1024);
-        let variant = self.variant.get().copied().unwrap_or("unknown");
-        let _ = writeln!(out, "# HELP lab_server_info The server variant answering.");
-        let _ = writeln!(out, "# TYPE lab_server_info gauge");
-        let _ = writeln!(out, "lab_server_info{{variant=\"{variant}\"}} 1");
-        let _ = writeln!(
-            out,
-            "# HELP lab_http_requests_total Requests answered, by route and status."
-        );
-        let _ = writeln!(out, "# TYPE lab_http_requests_total counter");
-        for (r, route) in ROUTES.iter().enumerate() {
-            for s in 0..N_STATUSES {
-                let count = self.requests[r][s].load(Relaxed);
-                if count > 0 {
-                    let status = STATUSES
-                        .get(s)
-                        .map_or("other".to_string(), |c| c.to_string());
-                    let _ = writeln!(
-                        out,
-                        "lab_http_requests_total{{variant=\"{variant}\",route=\"{route}\",status=\"{status}\"}} {count}"
-                    );
-                }
-            }
-        }
-        let _ = writeln!(
-            out,
-            "# HELP lab_http_request_duration_seconds Time from parsed request to response ready."
-        );
-        let _ = writeln!(out, "# TYPE lab_http_request_duration_seconds histogram");
-        for (r, route) in ROUTES.iter().enumerate() {
-            let counts: Vec<u64> = self.buckets[r].iter().map(|b| b.load(Relaxed)).collect();
-            let total: u64 = counts.iter().sum();
-            if total == 0 {
-                continue;
-            }
-            let mut cumulative = 0;
-            for (bound, count) in BUCKETS.iter().zip(&counts) {
-                cumulative += count;
-                let _ = writeln!(
-                    out,
-                    "lab_http_request_duration_seconds_bucket{{variant=\"{variant}\",route=\"{route}\",le=\"{bound}\"}} {cumulative}"
-                );
-            }
-            let _ = writeln!(
-                out,
-                "lab_http_request_duration_seconds_bucket{{variant=\"{variant}\",route=\"{route}\",le=\"+Inf\"}} {total}"
-            );
-            let sum = self.duration_micros[r].load(Relaxed) as f64 / 1e6;
-            let _ = writeln!(
-                out,
-                "lab_http_request_duration_seconds_sum{{variant=\"{variant}\",route=\"{route}\"}} {sum}"
-            );
-            let _ = writeln!(
-                out,
-                "lab_http_request_duration_seconds_count{{variant=\"{variant}\",route=\"{route}\"}} {total}"
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP lab_http_requests_in_flight Requests being answered now."
-        );
-        let _ = writeln!(out, "# TYPE lab_http_requests_in_flight gauge");
-        let _ = writeln!(
-            out,
-            "lab_http_requests_in_flight{{variant=\"{variant}\"}} {}",
-            self.in_flight.load(Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP lab_db_pool_connections Database connections of the pool(s), by state."
-        );
-        let _ = writeln!(out, "# TYPE lab_db_pool_connections gauge");
-        let _ = writeln!(
-            out,
-            "lab_db_pool_connections{{variant=\"{variant}\",state=\"in_use\"}} {}",
-            pool.0
-        );
-        let _ = writeln!(
-            out,
-            "lab_db_pool_connections{{variant=\"{variant}\",state=\"idle\"}} {}",
-            pool.1
-        );
-        let _ = writeln!(out, "# HELP lab_log_lines_dropped_total Request log lines lost because the log buffer was full.");
-        let _ = writeln!(out, "# TYPE lab_log_lines_dropped_total counter");
-        let _ = writeln!(
-            out,
-            "lab_log_lines_dropped_total{{variant=\"{variant}\"}} {}",
-            self.log_lines_dropped()
-        );
-        render_process(&mut out, variant);
+        prometheus_text::encode(&mut out, registry).expect("writing to a String cannot fail");
         out
+    }
+
+    fn registry(&self) -> Registry {
+        let variant = self.variant.get().copied().unwrap_or("unknown");
+        let mut r = Registry::with_labels(std::iter::once((
+            Cow::Borrowed("variant"),
+            Cow::Borrowed(variant),
+        )));
+        r.register(
+            "lab_server_info",
+            "The server variant answering",
+            ConstGauge::new(1),
+        );
+        r.register(
+            "lab_http_requests",
+            "Requests answered, by route and status",
+            self.requests.clone(),
+        );
+        r.register(
+            "lab_http_request_duration_seconds",
+            "Time from parsed request to response ready",
+            self.durations.clone(),
+        );
+        r.register(
+            "lab_http_requests_in_flight",
+            "Requests being answered now",
+            self.in_flight.clone(),
+        );
+        r.register(
+            "lab_db_pool_connections",
+            "Database connections of the pool(s), by state",
+            self.pool.clone(),
+        );
+        r.register(
+            "lab_log_lines_dropped",
+            "Request log lines lost because the log buffer was full",
+            self.log_lines_dropped.clone(),
+        );
+        r.register_collector(Box::new(ProcessCollector));
+        r
     }
 }
 
@@ -278,64 +281,58 @@ impl ProcessFigures {
 
 /// Figures of this process, read when `/metrics` is scraped (a few reads per scrape;
 /// nothing per request).
-fn render_process(out: &mut String, variant: &str) {
-    let figures = ProcessFigures::read("self").unwrap_or_default();
-    let _ = writeln!(
-        out,
-        "# HELP lab_process_cpu_seconds_total CPU time of the server process."
-    );
-    let _ = writeln!(out, "# TYPE lab_process_cpu_seconds_total counter");
-    let _ = writeln!(
-        out,
-        "lab_process_cpu_seconds_total{{variant=\"{variant}\",mode=\"user\"}} {}",
-        figures.user_s
-    );
-    let _ = writeln!(
-        out,
-        "lab_process_cpu_seconds_total{{variant=\"{variant}\",mode=\"system\"}} {}",
-        figures.system_s
-    );
-    let _ = writeln!(
-        out,
-        "# HELP lab_process_threads Threads of the server process."
-    );
-    let _ = writeln!(out, "# TYPE lab_process_threads gauge");
-    let _ = writeln!(
-        out,
-        "lab_process_threads{{variant=\"{variant}\"}} {}",
-        figures.threads
-    );
-    let _ = writeln!(
-        out,
-        "# HELP lab_process_resident_memory_bytes Resident set size of the server process."
-    );
-    let _ = writeln!(out, "# TYPE lab_process_resident_memory_bytes gauge");
-    let _ = writeln!(
-        out,
-        "lab_process_resident_memory_bytes{{variant=\"{variant}\"}} {}",
-        figures.rss_bytes
-    );
-    let _ = writeln!(
-        out,
-        "# HELP lab_process_context_switches_total Context switches of the server's threads."
-    );
-    let _ = writeln!(out, "# TYPE lab_process_context_switches_total counter");
-    // getrusage counts every thread the process ever had; /proc/self/status only the
-    // main thread's switches.
-    // SAFETY: getrusage writes into the struct we pass.
-    let usage = unsafe {
-        let mut usage: libc::rusage = std::mem::zeroed();
-        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
-        usage
-    };
-    for (kind, count) in [
-        ("voluntary", usage.ru_nvcsw),
-        ("involuntary", usage.ru_nivcsw),
-    ] {
-        let _ = writeln!(
-            out,
-            "lab_process_context_switches_total{{variant=\"{variant}\",kind=\"{kind}\"}} {count}"
-        );
+#[derive(Debug)]
+struct ProcessCollector;
+
+impl Collector for ProcessCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        let figures = ProcessFigures::read("self").unwrap_or_default();
+        let mut cpu = encoder.encode_descriptor(
+            "lab_process_cpu_seconds",
+            "CPU time of the server process.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (mode, seconds) in [("user", figures.user_s), ("system", figures.system_s)] {
+            ConstCounter::new(seconds).encode(cpu.encode_family(&[("mode", mode)])?)?;
+        }
+        for (name, help, value) in [
+            (
+                "lab_process_threads",
+                "Threads of the server process.",
+                figures.threads,
+            ),
+            (
+                "lab_process_resident_memory_bytes",
+                "Resident set size of the server process.",
+                figures.rss_bytes,
+            ),
+        ] {
+            let gauge = ConstGauge::new(value as i64);
+            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
+        }
+        // getrusage counts every thread the process ever had; /proc/self/status only the
+        // main thread's switches.
+        // SAFETY: getrusage writes into the struct we pass.
+        let usage = unsafe {
+            let mut usage: libc::rusage = std::mem::zeroed();
+            libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+            usage
+        };
+        let mut switches = encoder.encode_descriptor(
+            "lab_process_context_switches",
+            "Context switches of the server's threads.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (kind, count) in [
+            ("voluntary", usage.ru_nvcsw),
+            ("involuntary", usage.ru_nivcsw),
+        ] {
+            ConstCounter::new(count.max(0) as u64)
+                .encode(switches.encode_family(&[("kind", kind)])?)?;
+        }
+        Ok(())
     }
 }
 
@@ -344,7 +341,7 @@ pub struct InFlight(&'static Metrics);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Relaxed);
+        self.0.in_flight.dec();
     }
 }
 
@@ -354,37 +351,66 @@ mod tests {
 
     #[test]
     fn renders_counts_and_cumulative_buckets() {
-        static M: Metrics = Metrics::new();
+        static M: LazyLock<Metrics> = LazyLock::new(Metrics::new);
         M.record("db", 200, Duration::from_micros(300));
         M.record("db", 200, Duration::from_millis(20));
         M.record("db", 503, Duration::from_secs(7));
+        M.record("db", 418, Duration::from_micros(1));
+        M.record("no such route", 400, Duration::ZERO);
+        M.log_line_dropped();
+        // Prometheus's parser reads this encoder's text in the tracer's exporter test
+        // (promtool) and the dashboards' test (a real Prometheus scraping every variant).
         let text = M.render((3, 5));
-        assert!(
-            text.contains(
-                "lab_http_requests_total{variant=\"unknown\",route=\"db\",status=\"200\"} 2"
-            ),
-            "{text}"
-        );
-        assert!(text.contains(
-            "lab_http_requests_total{variant=\"unknown\",route=\"db\",status=\"503\"} 1"
-        ));
-        assert!(
-            text.contains("lab_http_request_duration_seconds_bucket{variant=\"unknown\",route=\"db\",le=\"0.0005\"} 1")
-        );
-        assert!(
-            text.contains("lab_http_request_duration_seconds_bucket{variant=\"unknown\",route=\"db\",le=\"0.025\"} 2")
-        );
-        assert!(
-            text.contains("lab_http_request_duration_seconds_bucket{variant=\"unknown\",route=\"db\",le=\"+Inf\"} 3")
-        );
-        assert!(text.contains("lab_db_pool_connections{variant=\"unknown\",state=\"in_use\"} 3"));
-        assert!(
-            text.contains("lab_process_threads{variant=\"unknown\"} "),
-            "{text}"
-        );
+        let v = "variant=\"unknown\"";
+        for line in [
+            format!("lab_server_info{{{v}}} 1"),
+            format!("lab_http_requests_total{{{v},route=\"db\",status=\"200\"}} 2"),
+            format!("lab_http_requests_total{{{v},route=\"db\",status=\"503\"}} 1"),
+            format!("lab_http_requests_total{{{v},route=\"db\",status=\"other\"}} 1"),
+            format!("lab_http_requests_total{{{v},route=\"bad_request\",status=\"400\"}} 1"),
+            format!("lab_http_request_duration_seconds_bucket{{{v},route=\"db\",le=\"0.0001\"}} 1"),
+            format!("lab_http_request_duration_seconds_bucket{{{v},route=\"db\",le=\"0.0005\"}} 2"),
+            format!("lab_http_request_duration_seconds_bucket{{{v},route=\"db\",le=\"0.025\"}} 3"),
+            format!("lab_http_request_duration_seconds_bucket{{{v},route=\"db\",le=\"1\"}} 3"),
+            format!("lab_http_request_duration_seconds_bucket{{{v},route=\"db\",le=\"+Inf\"}} 4"),
+            format!("lab_http_request_duration_seconds_count{{{v},route=\"db\"}} 4"),
+            format!("lab_http_requests_in_flight{{{v}}} 0"),
+            format!("lab_db_pool_connections{{{v},state=\"in_use\"}} 3"),
+            format!("lab_db_pool_connections{{{v},state=\"idle\"}} 5"),
+            format!("lab_log_lines_dropped_total{{{v}}} 1"),
+            "# TYPE lab_process_cpu_seconds_total counter".to_string(),
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
+        let sum = text
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(
+                    "lab_http_request_duration_seconds_sum{variant=\"unknown\",route=\"db\"} ",
+                )
+            })
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no sum in\n{text}"));
+        assert!((sum - 7.020301).abs() < 1e-9, "{sum}");
+        for prefix in [
+            "lab_process_threads{variant=\"unknown\"} ",
+            "lab_process_resident_memory_bytes{variant=\"unknown\"} ",
+            "lab_process_context_switches_total{variant=\"unknown\",kind=\"voluntary\"} ",
+        ] {
+            let value = text
+                .lines()
+                .find_map(|l| l.strip_prefix(prefix))
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or_else(|| panic!("no {prefix} in\n{text}"));
+            // This test process has threads and memory; it may not have blocked yet.
+            assert!(
+                value > 0.0 || prefix.contains("switches"),
+                "{prefix}{value}"
+            );
+        }
         let _guard = M.start_request();
         assert!(M
             .render((0, 0))
-            .contains("lab_http_requests_in_flight{variant=\"unknown\"} 1"));
+            .contains("lab_http_requests_in_flight{variant=\"unknown\"} 1\n"));
     }
 }
