@@ -3,6 +3,11 @@
 //! `dashboards_are_provisionable` reads the JSON: every panel and every query names the
 //! provisioned datasource by its pinned uid, `$variant` is a multi-select, and so on.
 //!
+//! `dashboards_satisfy_grafanas_schema` checks every dashboard against Grafana's own schema
+//! (`@grafana/schema`, pinned to the Grafana of docker-compose.yml, and the foundation SDK's
+//! Prometheus query) with TypeScript's compiler: those packages carry the schema as types.
+//! `scripts/install-deps` installs them into `target/dashboard-schema`.
+//!
 //! `every_dashboard_query_returns_data` runs the real thing on loopback: the lab's test
 //! PostgreSQL, natively started servers (epoll, thread-pool, thread-per-request, and
 //! io-uring when it starts), one tracer exporter per server (`lab trace --pid PID
@@ -18,10 +23,10 @@
 //! dashboard query must return data for each variant inside its own measured window.
 //!
 //! Needs: `cargo build --workspace --bins` first (the test starts `server`, `lab` and
-//! `loadgen`), root, and the `prometheus` package (`scripts/install-deps` installs it;
-//! `PROMETHEUS=/path/to/prometheus` picks another binary).
+//! `loadgen`), root, the `prometheus` package (`PROMETHEUS=/path/to/prometheus` picks
+//! another binary), node, and Grafana's schema (`scripts/install-deps` installs them).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -161,6 +166,163 @@ fn dashboards_are_provisionable() {
     assert!(
         ds.contains(&format!("uid: {DATASOURCE_UID}")),
         "the provisioned datasource's uid is not {DATASOURCE_UID}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Grafana's own schema.
+
+/// Where `scripts/install-deps` installs Grafana's dashboard schema and TypeScript's compiler
+/// (`dashboards/grafana/schema/package.json`).
+fn schema_install() -> PathBuf {
+    repo_root().join("target/dashboard-schema")
+}
+
+/// A dashboard as a TypeScript module: the whole JSON must satisfy Grafana's `Dashboard`, and
+/// each panel again its plugin's panel type (`dashboards/grafana/schema/schema.ts`).
+fn typescript_module(dashboard: &Value) -> String {
+    let literal = |v: &Value| serde_json::to_string_pretty(v).unwrap();
+    let mut out = String::from("import type { GrafanaDashboard, Panels } from './schema';\n");
+    out += &format!(
+        "export const dashboard = {} satisfies GrafanaDashboard;\n",
+        literal(dashboard)
+    );
+    for (i, p) in panels(dashboard).into_iter().enumerate() {
+        if p["type"] != "row" {
+            out += &format!(
+                "export const panel{i} = {} satisfies Panels[{}];\n",
+                literal(p),
+                p["type"]
+            );
+        }
+    }
+    out
+}
+
+/// `file(line,col): error TS....: message` lines of tsc, by file name.
+fn tsc_errors(output: &str) -> BTreeMap<String, Vec<(usize, String)>> {
+    let mut out: BTreeMap<String, Vec<(usize, String)>> = BTreeMap::new();
+    for l in output.lines().filter(|l| l.contains("): error TS")) {
+        let (path, rest) = l.split_once('(').expect("file(line,col)");
+        let file = Path::new(path.trim()).file_name().unwrap_or_default();
+        let line = rest
+            .split([',', ')'])
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        out.entry(file.to_string_lossy().into_owned())
+            .or_default()
+            .push((line, l.to_string()));
+    }
+    out
+}
+
+#[test]
+fn dashboards_satisfy_grafanas_schema() {
+    let install = schema_install();
+    let tsc = install.join("node_modules/.bin/tsc");
+    let spec = repo_root().join("dashboards/grafana/schema/package.json");
+    assert!(
+        tsc.exists() && fs::read(&spec).ok() == fs::read(install.join("package.json")).ok(),
+        "Grafana's dashboard schema ({}) is not installed, or not these versions, in {}: \
+         run scripts/install-deps (it needs node and npm)",
+        spec.display(),
+        install.display()
+    );
+    // Inside the installation, so that `import '@grafana/schema'` finds its node_modules.
+    let dir = TempDir::inside(&install);
+    fs::copy(
+        repo_root().join("dashboards/grafana/schema/schema.ts"),
+        dir.0.join("schema.ts"),
+    )
+    .unwrap();
+    fs::write(
+        dir.0.join("tsconfig.json"),
+        r#"{"compilerOptions": {"strict": true, "noEmit": true, "skipLibCheck": true, "types": [],
+            "module": "esnext", "moduleResolution": "bundler", "target": "es2022"},
+            "include": ["*.ts"]}"#,
+    )
+    .unwrap();
+    let mut sources = BTreeMap::new();
+    for file in dashboard_files() {
+        let name = format!("{}.ts", file.file_stem().unwrap().to_string_lossy());
+        let source = typescript_module(&load_json(&file));
+        fs::write(dir.0.join(&name), &source).unwrap();
+        sources.insert(name, (file.display().to_string(), source));
+    }
+    // The control: a dashboard with one mistake of each kind, which the check must catch.
+    // One per panel: tsc reports the innermost of several mistakes in one object.
+    let mut broken = load_json(&repo_root().join("dashboards/grafana/dashboards/live.json"));
+    broken["graphTooltip"] = "mistake-tooltip".into(); // a number (an enum)
+    let mut series = broken["panels"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .filter(|p| p["type"] == "timeseries");
+    let mut next = || series.next().expect("live.json has 4 time series");
+    next()["gridPos"]["w"] = "mistake-width".into(); // a number
+    next()["options"]["mistake_option"] = 1.into(); // no such option
+    next()["options"]["tooltip"]["mode"] = "mistake-mode".into(); // single, multi or none
+    next()["targets"][0]["mistake_query"] = true.into(); // no such query field
+    let broken_source = typescript_module(&broken);
+    fs::write(dir.0.join("broken.ts"), &broken_source).unwrap();
+
+    let out = Command::new(&tsc)
+        .args(["--pretty", "false", "-p", "."])
+        .current_dir(&dir.0)
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e}", tsc.display()));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut errors = tsc_errors(&text);
+    assert!(
+        !out.status.success() && errors.contains_key("broken.ts"),
+        "tsc accepted a broken dashboard: the schema check checks nothing\n{text}"
+    );
+    // Every mistake is reported on its own line.
+    let reported = errors.remove("broken.ts").unwrap();
+    for mistake in [
+        "mistake-tooltip",
+        "mistake-width",
+        "mistake_option",
+        "mistake-mode",
+        "mistake_query",
+    ] {
+        // In the dashboard's literal, in its panel's, or both.
+        let lines: Vec<usize> = (1..)
+            .zip(broken_source.lines())
+            .filter(|(_, l)| l.contains(mistake))
+            .map(|(n, _)| n)
+            .collect();
+        assert!(
+            reported.iter().any(|(l, _)| lines.contains(l)),
+            "tsc did not report {mistake} (broken.ts lines {lines:?}):\n{text}"
+        );
+    }
+    // Anything else is a complaint: about a dashboard, or about the check itself.
+    let mut complaints: Vec<String> = text
+        .lines()
+        .filter(|l| l.contains("error") && !l.contains("): error TS"))
+        .map(str::to_string)
+        .collect();
+    for (file, errors) in &errors {
+        let (json, source) = sources
+            .get(file)
+            .map(|(j, s)| (j.as_str(), s.as_str()))
+            .unwrap_or((file.as_str(), ""));
+        for (line, error) in errors {
+            let at = source.lines().nth(line.saturating_sub(1)).unwrap_or("");
+            complaints.push(format!("{json}: {error}\n    at: {}", at.trim()));
+        }
+    }
+    assert!(
+        complaints.is_empty(),
+        "the dashboards do not satisfy Grafana's schema ({}):\n{}",
+        spec.display(),
+        complaints.join("\n")
     );
 }
 
@@ -548,7 +710,11 @@ struct TempDir(PathBuf);
 
 impl TempDir {
     fn new() -> TempDir {
-        let dir = std::env::temp_dir().join(format!(
+        TempDir::inside(&std::env::temp_dir())
+    }
+
+    fn inside(parent: &Path) -> TempDir {
+        let dir = parent.join(format!(
             "syscall-lab-dashboards-{}-{}",
             std::process::id(),
             SystemTime::now()
@@ -566,10 +732,7 @@ impl Drop for TempDir {
         if !std::thread::panicking() {
             let _ = fs::remove_dir_all(&self.0);
         } else {
-            eprintln!(
-                "kept {} (standard error of every process)",
-                self.0.display()
-            );
+            eprintln!("kept {} for a look", self.0.display());
         }
     }
 }
