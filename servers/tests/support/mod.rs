@@ -3,6 +3,8 @@
 //! client that shows exactly what went over the socket.
 #![allow(dead_code)]
 
+pub mod attack;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
