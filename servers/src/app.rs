@@ -189,6 +189,7 @@ pub fn error_response_bytes(status: u16) -> Vec<u8> {
         413 => "request body too large\n",
         431 => "request head too large\n",
         501 => "transfer encoding not supported\n",
+        503 => "server busy: every thread is taken; try again\n",
         _ => "request rejected\n",
     };
     let date = crate::date::now();

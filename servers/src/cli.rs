@@ -63,13 +63,14 @@ pub struct Args {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub workers: Option<u32>,
 
-    /// `thread-per-request`: most connection threads alive at once; beyond it new
-    /// connections get 503 and a close.
+    /// `thread-per-request`: most connection threads alive at once; beyond it a new
+    /// connection takes the thread of one that waits for its request (see
+    /// `--busy-header-timeout`), or gets 503 and a close.
     #[arg(long, value_name = "N", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub max_threads: u32,
 
-    /// `thread-pool`: accepted connections that may wait for a worker; beyond it new
-    /// connections get 503 and a close.
+    /// `thread-pool`: accepted connections that may wait for a worker; beyond it the one
+    /// that has waited longest gets 503 and a close, and the new one takes its place.
     #[arg(long, value_name = "N", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub queue: u32,
 
@@ -77,6 +78,14 @@ pub struct Args {
     /// keep-alive connection is kept); then it gets 408 and a close.
     #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub header_timeout: u64,
+
+    /// `thread-per-request` and `thread-pool`: when connections wait for a thread (every
+    /// worker busy, or `--max-threads` reached), a connection whose thread has waited this
+    /// many milliseconds for its request (an idle keep-alive client, or one that sent half a
+    /// head and went quiet) gives the thread up to them: 503 and a close, longest-waiting
+    /// first. Requests being answered are never cut off.
+    #[arg(long, value_name = "MS", default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub busy_header_timeout: u64,
 
     /// Seconds a response write may make no progress (a client that stops reading while
     /// responses pile up); then the connection is closed. Every variant: `SO_SNDTIMEO`
@@ -261,6 +270,10 @@ impl Args {
 
     pub fn header_timeout(&self) -> std::time::Duration {
         std::time::Duration::from_secs(self.header_timeout)
+    }
+
+    pub fn busy_header_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.busy_header_timeout)
     }
 
     pub fn send_timeout(&self) -> std::time::Duration {

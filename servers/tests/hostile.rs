@@ -12,19 +12,24 @@ use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use servers::launch::{LaunchOptions, ServerProcess};
-use support::{get, Http};
+use support::{attack, get, Http};
 
 /// Starts `variant`; `io-uring+registered-buffers` is the io-uring variant with
 /// `--registered-buffers on`, so that its READ_FIXED/WRITE_FIXED paths (and their fallback
 /// when the pool runs dry) meet the same hostile clients.
 fn start(variant: &str, extra: &[&str]) -> ServerProcess {
+    start_with_header_timeout(variant, 1, extra)
+}
+
+fn start_with_header_timeout(variant: &str, seconds: u32, extra: &[&str]) -> ServerProcess {
     let (variant, knob) = variant.split_once('+').unwrap_or((variant, ""));
     let knob: &[&str] = match knob {
         "registered-buffers" => &["--registered-buffers", "on"],
         _ => &[],
     };
     let mut options = LaunchOptions::new(variant, &support::database_url());
-    options.extra_args = ["--header-timeout", "1"]
+    let seconds = seconds.to_string();
+    options.extra_args = ["--header-timeout", &seconds]
         .iter()
         .chain(knob)
         .chain(extra)
@@ -226,8 +231,11 @@ fn silent_and_slow_clients_get_408(variant: &str) {
     let addr = server.addr();
     let silent: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(addr).unwrap()).collect();
     // A fresh client is answered once the silent ones have been timed out, at the latest.
+    // In the thread pool it waits for a worker, so one silent client may be shed for it
+    // (503) before its header timeout; the other is still timed out.
     let mut fresh = Http::connect(addr);
     assert_eq!(fresh.get("/plaintext").status, 200);
+    let mut replies = Vec::new();
     for mut stream in silent {
         stream
             .set_read_timeout(Some(support::READ_TIMEOUT))
@@ -235,10 +243,15 @@ fn silent_and_slow_clients_get_408(variant: &str) {
         let mut reply = String::new();
         let _ = stream.read_to_string(&mut reply);
         assert!(
-            reply.starts_with("HTTP/1.1 408"),
+            reply.starts_with("HTTP/1.1 408") || reply.starts_with("HTTP/1.1 503"),
             "a silent client got {reply:?}"
         );
+        replies.push(reply);
     }
+    assert!(
+        replies.iter().any(|r| r.starts_with("HTTP/1.1 408")),
+        "no silent client was timed out: {replies:?}"
+    );
     // Slowloris: one byte every 200 ms would take 8 s; the head must be complete in 1 s.
     let mut slow = TcpStream::connect(addr).unwrap();
     slow.set_read_timeout(Some(Duration::from_millis(10)))
@@ -391,7 +404,7 @@ fn stalled_reader_is_cut_off(variant: &str) {
 }
 
 fn thousands_of_idle_connections(variant: &str) {
-    raise_fd_limit();
+    attack::raise_fd_limit();
     let server = start(
         variant,
         &["--max-threads", "512", "--workers", "64", "--queue", "256"],
@@ -443,17 +456,76 @@ fn thousands_of_idle_connections(variant: &str) {
     assert_still_serving(&server);
 }
 
-fn raise_fd_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
+/// Issue 16: clients that send half a request head and go quiet, more of them than the
+/// server has threads and queue slots, with a header timeout of a minute. A new client is
+/// served while they stay connected: the blocking variants give it the thread of a
+/// connection that has waited longest for its request (`--busy-header-timeout`, 500 ms by
+/// default), the async ones never needed to. The new client retries while it is answered
+/// 503, as a browser would, for half the header timeout: if it is served, it was not by
+/// the header timeout freeing a thread. Afterwards nothing leaks, and load is served.
+fn half_sent_heads_do_not_starve_new_clients(variant: &str) {
+    const ATTACKERS: usize = 200;
+    attack::raise_fd_limit();
+    let limits: &[&str] = match variant {
+        "thread-pool" => &["--workers", "8", "--queue", "32"],
+        "thread-per-request" => &["--max-threads", "40"],
+        _ => &[],
     };
-    // SAFETY: plain getrlimit/setrlimit on this process.
-    unsafe {
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
-        limit.rlim_cur = limit.rlim_max.min(65_536);
-        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+    let server = start_with_header_timeout(variant, 60, limits);
+    let (addr, pid) = (server.addr(), server.pid());
+    assert_still_serving(&server);
+    let (fds_before, threads_before) = (port_fds(pid, addr.port()), threads(pid));
+
+    let attackers = attack::open(addr, ATTACKERS);
+    assert_eq!(attackers.len(), ATTACKERS, "attacking connections opened");
+    let served = attack::until_served(addr, "/plaintext", Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("the new client: {e}\n{}", server.stderr_tail(20)));
+    let fates = attack::Fates::of(&attackers);
+    assert_eq!(
+        served.status, 200,
+        "a new client was not served in 30 s ({} tries answered 503) while {ATTACKERS} half-sent heads held the server; attackers: {fates}",
+        served.refused
+    );
+    // The header timeout never fired: an attacker is still connected, or was shed with 503
+    // to make room.
+    assert!(
+        fates.answered.iter().all(|(status, _)| *status == 503),
+        "attackers: {fates}"
+    );
+    match variant {
+        "thread-pool" | "thread-per-request" => assert!(
+            fates.open > 0,
+            "every attacker was shed, not just enough of them: {fates}"
+        ),
+        _ => assert_eq!(fates.open, ATTACKERS, "an async variant shed: {fates}"),
     }
+
+    drop(attackers);
+    let fds_now = settles(fds_before, || port_fds(pid, addr.port()));
+    assert!(
+        fds_now <= fds_before,
+        "descriptors leaked: {fds_before} before the attack, {fds_now} after: {:?}",
+        fd_targets(pid)
+    );
+    let threads_now = settles(threads_before, || threads(pid));
+    assert!(
+        threads_now <= threads_before,
+        "threads leaked: {threads_before} before the attack, {threads_now} after"
+    );
+    // Keep-alive load right after: 8 clients, 50 requests each, every one answered.
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut http = Http::connect(addr);
+                (0..50)
+                    .filter(|_| http.get("/plaintext").status == 200)
+                    .count()
+            })
+        })
+        .collect();
+    let answered: usize = clients.into_iter().map(|c| c.join().unwrap()).sum();
+    assert_eq!(answered, 8 * 50, "requests answered 200 after the attack");
+    assert_still_serving(&server);
 }
 
 macro_rules! hostile {
@@ -466,6 +538,7 @@ macro_rules! hostile {
             #[test] fn vanishing_clients_leak_nothing() { super::vanishing_clients_leak_nothing($variant) }
             #[test] fn stalled_reader_is_cut_off() { super::stalled_reader_is_cut_off($variant) }
             #[test] fn thousands_of_idle_connections() { super::thousands_of_idle_connections($variant) }
+            #[test] fn half_sent_heads_do_not_starve_new_clients() { super::half_sent_heads_do_not_starve_new_clients($variant) }
         }
     )*};
 }

@@ -13,6 +13,15 @@
 //! something, so only a stalled client is cut off, not a slow one; the thread then closes
 //! the connection and is free again.
 //!
+//! Threads are few, and a client that sends half a request head and then nothing holds one
+//! until the header timeout. When connections wait for a thread (the pool's workers all
+//! busy, or `--max-threads` reached), the variant asks [`Connections::shed`] for threads:
+//! the connections that have waited longest for a request, and at least
+//! `--busy-header-timeout`, are answered 503 and closed, so that a new client is served in
+//! about that time rather than after the header timeout. A thread publishes when it starts
+//! and stops waiting for its client (an atomic store, no syscall), and a shed thread is woken
+//! the way shutdown wakes it: `shutdown(SHUT_RD)` on its socket.
+//!
 //! Shutdown: SIGINT and SIGTERM are blocked in every thread and taken by a `signals`
 //! thread (`sigwait`), which shuts the listening socket (waking the blocked `accept`) and
 //! the read side of every open connection (waking blocked `read`s with end-of-file); a
@@ -23,7 +32,7 @@ use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -55,12 +64,76 @@ pub fn listen(addr: SocketAddr, send_timeout: Duration) -> Result<TcpListener> {
 /// threads and the signal thread.
 pub struct Connections {
     header_timeout: Duration,
+    busy_header_timeout: Duration,
     nodelay: bool,
     split_writes: bool,
     stopping: AtomicBool,
     next_id: AtomicU64,
-    open: Mutex<HashMap<u64, RawFd>>,
+    open: Mutex<HashMap<u64, Arc<Open>>>,
 }
+
+/// One open connection as the acceptor, the shedder and the signal thread see it.
+struct Open {
+    fd: RawFd,
+    /// While its thread waits for a request: when that request began to be awaited, as
+    /// [`stamp`]; [`ANSWERING`] otherwise; [`SHED`] once [`Connections::shed`] took its thread.
+    awaiting: AtomicU64,
+}
+
+const ANSWERING: u64 = 0;
+const SHED: u64 = u64::MAX;
+
+/// What [`Connections::shed`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shed {
+    /// Connections shed.
+    pub shed: usize,
+    /// How long until the connection now waiting longest for a request may be shed
+    /// (zero: at once); `None` when no thread waits for its client.
+    pub next: Option<Duration>,
+}
+
+/// The registration of a connection being served; unregisters it when dropped.
+struct Slot<'a> {
+    connections: &'a Connections,
+    id: u64,
+    open: Arc<Open>,
+}
+
+impl Slot<'_> {
+    /// The thread is about to wait for its client's request, awaited since `since`.
+    fn awaiting(&self, since: Instant) {
+        self.open.awaiting.store(stamp(since), Ordering::Release);
+    }
+
+    /// The thread stopped waiting; true when the shedder took it meanwhile.
+    fn was_shed(&self) -> bool {
+        self.open.awaiting.swap(ANSWERING, Ordering::AcqRel) == SHED
+    }
+}
+
+impl Drop for Slot<'_> {
+    /// Forgets the connection before its socket is closed, so that shutdown and the
+    /// shedder never touch a descriptor number the kernel has already given to something else.
+    fn drop(&mut self) {
+        self.connections
+            .open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.id);
+    }
+}
+
+/// An instant as nanoseconds since the process first asked, plus one (so never [`ANSWERING`]).
+fn stamp(at: Instant) -> u64 {
+    static START: LazyLock<Instant> = LazyLock::new(Instant::now);
+    at.saturating_duration_since(*START).as_nanos() as u64 + 1
+}
+
+/// How far the socket's receive timeout may be from the time left for the request awaited
+/// before it is set again: a read that times out this much late does no harm, and a
+/// keep-alive request then needs no `setsockopt`.
+const TIMEOUT_SLACK: Duration = Duration::from_millis(10);
 
 impl Connections {
     /// The connection settings from the command line (header timeout, TCP_NODELAY,
@@ -68,6 +141,7 @@ impl Connections {
     pub fn new(args: &crate::cli::Args) -> anyhow::Result<Self> {
         Ok(Connections {
             header_timeout: args.header_timeout(),
+            busy_header_timeout: args.busy_header_timeout(),
             nodelay: args.nodelay(),
             split_writes: args.split_writes()?,
             stopping: AtomicBool::new(false),
@@ -84,22 +158,21 @@ impl Connections {
         self.open.lock().map(|o| o.len()).unwrap_or(0)
     }
 
-    fn register(&self, stream: &TcpStream) -> u64 {
+    fn register(&self, stream: &TcpStream) -> Slot<'_> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let open = Arc::new(Open {
+            fd: stream.as_raw_fd(),
+            awaiting: AtomicU64::new(ANSWERING),
+        });
         self.open
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(id, stream.as_raw_fd());
-        id
-    }
-
-    /// Forgets a connection before its socket is closed, so that shutdown never touches a
-    /// descriptor number the kernel has already given to something else.
-    fn unregister(&self, id: u64) {
-        self.open
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&id);
+            .insert(id, open.clone());
+        Slot {
+            connections: self,
+            id,
+            open,
+        }
     }
 
     fn stop(&self, listener: RawFd) {
@@ -107,9 +180,58 @@ impl Connections {
         // SAFETY: shutdown(2) on descriptors this process owns; a listening socket's
         // blocked accept returns EINVAL, a connection's blocked read returns 0.
         unsafe { libc::shutdown(listener, libc::SHUT_RD) };
-        for fd in self.open.lock().unwrap_or_else(|e| e.into_inner()).values() {
-            unsafe { libc::shutdown(*fd, libc::SHUT_RD) };
+        for open in self.open.lock().unwrap_or_else(|e| e.into_inner()).values() {
+            unsafe { libc::shutdown(open.fd, libc::SHUT_RD) };
         }
+    }
+
+    /// Frees the threads of up to `at_most` connections for connections that wait for one:
+    /// those whose thread has waited longest for a request, and at least
+    /// `--busy-header-timeout`, get 503 and a close. A request already being answered is
+    /// never cut off. Called by the acceptor or the shedder only while connections wait.
+    pub fn shed(&self, at_most: usize) -> Shed {
+        let now = stamp(Instant::now());
+        let grace = self.busy_header_timeout.as_nanos() as u64;
+        let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        // Those that may be shed, and when the first of the others may be.
+        let mut due: Vec<(u64, &Open)> = Vec::new();
+        let mut next: Option<u64> = None;
+        for o in open.values() {
+            let since = o.awaiting.load(Ordering::Acquire);
+            if since == ANSWERING || since == SHED {
+                continue;
+            }
+            let waited = now.saturating_sub(since);
+            if waited >= grace {
+                due.push((since, o));
+            } else {
+                next = Some(next.map_or(grace - waited, |n| n.min(grace - waited)));
+            }
+        }
+        if due.len() > at_most {
+            // The longest-waiting `at_most`; the rest may be shed next time, at once.
+            if at_most > 0 {
+                due.select_nth_unstable_by_key(at_most - 1, |(since, _)| *since);
+            }
+            due.truncate(at_most);
+            next = Some(0);
+        }
+        let mut shed = 0;
+        for (since, o) in due {
+            // Only if its thread still waits for the same request: one that has just
+            // received it keeps it.
+            if o.awaiting
+                .compare_exchange(since, SHED, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                // SAFETY: the descriptor is open: a connection is unregistered, under the
+                // lock held here, before its socket is closed. Its blocked read returns 0.
+                unsafe { libc::shutdown(o.fd, libc::SHUT_RD) };
+                shed += 1;
+            }
+        }
+        let next = next.map(Duration::from_nanos);
+        Shed { shed, next }
     }
 
     /// Waits until every connection has finished, for at most `grace`.
@@ -154,44 +276,49 @@ pub fn handle_signals(connections: Arc<Connections>, listener: &TcpListener) -> 
 /// Answers a connection that cannot be served (no thread or queue slot left): 503 and
 /// a close, written by the acceptor without reading the request.
 pub fn refuse(mut stream: TcpStream) {
-    METRICS.record("bad_request", 503, Duration::ZERO);
     let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
-    let _ = stream.write_all(&app::error_response_bytes(503));
-    let _ = stream.shutdown(Shutdown::Write);
+    let _ = close_with(&mut stream, 503);
 }
 
-/// Serves one connection until the client closes it, asks to, errs, times out, or the
-/// server stops. Reads go into a buffer bounded by the codec's limits.
+/// Serves one connection, accepted at `accepted`, until the client closes it, asks to,
+/// errs, times out, is shed, or the server stops. Reads go into a buffer bounded by the
+/// codec's limits.
 pub fn serve_connection(
     mut stream: TcpStream,
+    accepted: Instant,
     store: &mut impl BlockingStore,
     connections: &Connections,
 ) {
-    let id = connections.register(&stream);
+    let slot = connections.register(&stream);
     if !connections.stopping() {
-        let _ = serve(&mut stream, store, connections);
+        let _ = serve(&mut stream, accepted, store, connections, &slot);
     }
-    connections.unregister(id);
+    drop(slot);
     // Dropping the stream closes it; a FIN after our last response.
 }
 
 fn serve(
     stream: &mut TcpStream,
+    accepted: Instant,
     store: &mut impl BlockingStore,
     connections: &Connections,
+    slot: &Slot<'_>,
 ) -> io::Result<()> {
     // Responses are written whole; Nagle would only delay them (`--nodelay off` shows how).
     if connections.nodelay {
         stream.set_nodelay(true)?;
     }
     stream.set_read_timeout(Some(connections.header_timeout))?;
+    let mut timeout = connections.header_timeout;
     let mut input: Vec<u8> = Vec::with_capacity(4096);
     let mut output: Vec<u8> = Vec::with_capacity(4096);
     let mut chunk = [0u8; 16 * 1024];
-    // When the request head now awaited started to be awaited, and whether the socket's
-    // timeout was shortened to meet that deadline (only while a head arrives in pieces).
+    // When the request now awaited started to be awaited: the whole of it must arrive
+    // within the header timeout from then, however many pieces it comes in.
     let mut waiting_since = Instant::now();
-    let mut shortened = false;
+    // The same for the shedder, except that the first request counts from the
+    // connection's acceptance: time spent queued while others waited for a thread too.
+    let mut awaited_since = accepted;
     loop {
         let mut consumed = 0;
         let mut close = false;
@@ -226,26 +353,29 @@ fn serve(
             stream.write_all(&output)?;
             output.clear();
             waiting_since = Instant::now();
+            awaited_since = waiting_since;
         }
         if close || connections.stopping() {
             return stream.shutdown(Shutdown::Write);
         }
-        if !input.is_empty() {
-            // A head arriving in pieces (slowloris): the whole head must arrive within
-            // the header timeout, not each piece.
-            let left = connections
-                .header_timeout
-                .saturating_sub(waiting_since.elapsed());
-            if left.is_zero() {
-                return timed_out(stream);
-            }
-            stream.set_read_timeout(Some(left))?;
-            shortened = true;
-        } else if shortened {
-            stream.set_read_timeout(Some(connections.header_timeout))?;
-            shortened = false;
+        // The socket's timeout follows the time left while a request arrives in pieces;
+        // a keep-alive wait leaves it alone.
+        let left = connections
+            .header_timeout
+            .saturating_sub(waiting_since.elapsed());
+        if left.is_zero() {
+            return close_with(stream, 408);
         }
-        match stream.read(&mut chunk) {
+        if left.abs_diff(timeout) > TIMEOUT_SLACK {
+            stream.set_read_timeout(Some(left))?;
+            timeout = left;
+        }
+        slot.awaiting(awaited_since);
+        let read = stream.read(&mut chunk);
+        if slot.was_shed() {
+            return close_with(stream, 503);
+        }
+        match read {
             Ok(0) => return Ok(()),
             Ok(n) => input.extend_from_slice(&chunk[..n]),
             Err(e)
@@ -254,7 +384,7 @@ fn serve(
                     io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                 ) =>
             {
-                return timed_out(stream)
+                return close_with(stream, 408)
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
@@ -262,9 +392,11 @@ fn serve(
     }
 }
 
-fn timed_out(stream: &mut TcpStream) -> io::Result<()> {
-    METRICS.record("bad_request", 408, Duration::ZERO);
-    stream.write_all(&app::error_response_bytes(408))?;
+/// Answers `status` (408: the request did not arrive in time; 503: no thread for it) with
+/// `Connection: close`, without reading further, and closes the sending side.
+fn close_with(stream: &mut TcpStream, status: u16) -> io::Result<()> {
+    METRICS.record("bad_request", status, Duration::ZERO);
+    stream.write_all(&app::error_response_bytes(status))?;
     stream.shutdown(Shutdown::Write)
 }
 

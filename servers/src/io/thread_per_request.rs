@@ -5,8 +5,12 @@
 //! Threads: `acceptor` (blocks in `accept4`), one `conn` thread per open connection
 //! (blocks in `read` while waiting for its client, in `epoll_wait` of the database client
 //! while a query runs, in `futex` while waiting for a free database connection), and
-//! `signals`. At most `--max-threads` connection threads live at once; the acceptor
-//! answers any connection beyond that with 503 and a close instead of spawning.
+//! `signals`. At most `--max-threads` connection threads live at once. A connection
+//! beyond that takes the thread of the connection that has waited longest for its request,
+//! if that one has waited at least `--busy-header-timeout` (it gets 503 and a close; see
+//! [`Connections::shed`]); otherwise the acceptor answers the newcomer 503 and a close
+//! instead of spawning. So clients that send half a request head and go quiet hold every
+//! thread for a moment, not until the header timeout.
 //!
 //! Per connection the model pays for its simplicity: `clone3` to create the thread,
 //! `mmap`/`mprotect` for its stack, `rt_sigprocmask`, `set_robust_list` and `rseq` as it
@@ -71,7 +75,11 @@ pub fn run(args: &Args) -> Result<()> {
                             continue;
                         }
                     };
-                    if live.load(Ordering::Relaxed) >= max_threads {
+                    let accepted = std::time::Instant::now();
+                    // At the limit, a thread waiting for a quiet client is freed for this
+                    // one (it ends at once, so the limit is passed only for that moment).
+                    if live.load(Ordering::Relaxed) >= max_threads && connections.shed(1).shed == 0
+                    {
                         blocking::refuse(stream);
                         continue;
                     }
@@ -81,7 +89,7 @@ pub fn run(args: &Args) -> Result<()> {
                         .name("conn".into())
                         .stack_size(CONNECTION_STACK)
                         .spawn(move || {
-                            blocking::serve_connection(stream, &mut &*pool, &connections);
+                            blocking::serve_connection(stream, accepted, &mut &*pool, &connections);
                             thread_live.fetch_sub(1, Ordering::Relaxed);
                         });
                     if let Err(error) = spawned {
