@@ -45,6 +45,13 @@ pub struct Config {
     pub expect_status: Vec<u16>,
     /// Extra request headers, `Name: value`.
     pub headers: Vec<String>,
+    /// Request method (`GET` unless told otherwise; any HTTP token except `HEAD` and
+    /// `CONNECT`, whose answers have no body to frame).
+    #[serde(default = "default_method")]
+    pub method: String,
+    /// Request body, sent with a `Content-Length` (none when `None`).
+    #[serde(default)]
+    pub body: Option<String>,
     /// Write an HdrHistogram interval log (one interval per second) to this file.
     pub hdr_log: Option<PathBuf>,
     /// Closed loop with at least [`NAP_MIN_IN_FLIGHT`] requests in flight on a thread: when
@@ -131,10 +138,16 @@ impl Config {
             sweep: None,
             expect_status: Vec::new(),
             headers: Vec::new(),
+            method: default_method(),
+            body: None,
             hdr_log: None,
             nap_s: 50e-6,
         }
     }
+}
+
+fn default_method() -> String {
+    "GET".into()
 }
 
 /// A parsed `http://` URL.
@@ -353,6 +366,22 @@ impl Config {
             headers.push_str(value.trim());
             headers.push_str("\r\n");
         }
+        let method = self.method.as_str();
+        if method.is_empty()
+            || !method
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+        {
+            return input(format!("method {method:?} is not an HTTP method"));
+        }
+        if method.eq_ignore_ascii_case("HEAD") || method.eq_ignore_ascii_case("CONNECT") {
+            return input(format!(
+                "method {method} is not supported: its answers carry no body the load generator could frame"
+            ));
+        }
+        if let Some(body) = &self.body {
+            headers.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        }
         let entries = if self.mix.is_empty() {
             vec![MixEntry {
                 weight: 1,
@@ -375,7 +404,16 @@ impl Config {
             if e.weight == 0 {
                 continue;
             }
-            targets.push(mix::build(e, &host_header, &headers, self.keepalive)?);
+            targets.push(mix::build(
+                e,
+                &mix::Head {
+                    method,
+                    host: &host_header,
+                    headers: &headers,
+                    body: self.body.as_deref().unwrap_or(""),
+                },
+                self.keepalive,
+            )?);
             total += u64::from(e.weight);
             cumulative.push(total);
         }
@@ -484,6 +522,23 @@ mod tests {
         assert!(parse_url("http://h:0/").is_err());
         assert!(parse_url("http://h:99999/").is_err());
         assert!(parse_url("http://h/a b").is_err());
+    }
+
+    #[test]
+    fn methods_are_checked() {
+        let with = |method: &str| {
+            let mut c = Config::new("http://127.0.0.1:9/");
+            c.method = method.into();
+            c.resolve(false).map(|_| ())
+        };
+        assert!(with("POST").is_ok());
+        assert!(with("PURGE").is_ok());
+        for bad in ["", "GE T", "HEAD", "head", "CONNECT", "G\r\n"] {
+            assert!(
+                matches!(with(bad), Err(Error::Input(_))),
+                "{bad:?} accepted"
+            );
+        }
     }
 
     #[test]

@@ -161,14 +161,18 @@ fn placeholder(inner: &str) -> Result<Vec<String>, String> {
     Ok(vals)
 }
 
-/// Builds a target's requests: `GET path HTTP/1.1`, `Host`, extra headers, and
-/// `Connection: close` when every request gets its own connection.
-pub(crate) fn build(
-    e: &MixEntry,
-    host: &str,
-    headers: &str,
-    keepalive: bool,
-) -> Result<Template, Error> {
+/// What every request of a run shares besides its path.
+pub(crate) struct Head<'a> {
+    pub method: &'a str,
+    pub host: &'a str,
+    /// Extra header lines, each ending in CRLF (`Content-Length` included with a body).
+    pub headers: &'a str,
+    pub body: &'a str,
+}
+
+/// Builds a target's requests: `METHOD path HTTP/1.1`, `Host`, extra headers,
+/// `Connection: close` when every request gets its own connection, and the body.
+pub(crate) fn build(e: &MixEntry, head: &Head<'_>, keepalive: bool) -> Result<Template, Error> {
     if !e.path.starts_with('/') {
         return Err(Error::Input(format!(
             "path {:?} must start with '/'",
@@ -183,7 +187,16 @@ pub(crate) fn build(
     };
     let requests = paths
         .iter()
-        .map(|p| format!("GET {p} HTTP/1.1\r\nHost: {host}\r\n{headers}{close}\r\n").into_bytes())
+        .map(|p| {
+            let Head {
+                method,
+                host,
+                headers,
+                body,
+            } = head;
+            format!("{method} {p} HTTP/1.1\r\nHost: {host}\r\n{headers}{close}\r\n{body}")
+                .into_bytes()
+        })
         .collect();
     Ok(Template {
         name: e.path.clone(),
@@ -207,9 +220,26 @@ mod tests {
             }
         );
         assert_eq!(m[1].weight, 1);
-        let t = build(&m[2], "h", "", true).unwrap();
+        let get = Head {
+            method: "GET",
+            host: "h",
+            headers: "",
+            body: "",
+        };
+        let t = build(&m[2], &get, true).unwrap();
         assert_eq!(t.requests.len(), 3);
         assert!(t.requests[2].starts_with(b"GET /queries?queries=3 HTTP/1.1\r\nHost: h\r\n\r\n"));
+        let post = Head {
+            method: "POST",
+            headers: "Content-Length: 2\r\n",
+            body: "{}",
+            ..get
+        };
+        let t = build(&m[0], &post, false).unwrap();
+        assert_eq!(
+            t.requests[0],
+            b"POST /plaintext HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}"
+        );
         assert_eq!(expand("/u?q={1,5}&r={a,b}").unwrap().len(), 4);
     }
 
