@@ -323,15 +323,14 @@ pub fn execute(args: &RunArgs) -> Result<Run> {
         }
         TracerChoice::Ptrace => Some(tracer::Backend::Ptrace),
         TracerChoice::Strace => Some(tracer::Backend::Strace),
-        TracerChoice::Auto => match tracer::privileges::check_ebpf() {
-            Ok(_) => Some(tracer::Backend::Ebpf),
-            Err(error) => {
-                let note = format!("eBPF tracing not permitted ({error:#}); traced with ptrace, which is slower and cannot see io_uring ring operations");
+        TracerChoice::Auto => {
+            let (backend, note) = tracer::privileges::auto_backend();
+            if let Some(note) = note {
                 eprintln!("lab run: note: {note}");
                 notes.push(note);
-                Some(tracer::Backend::Ptrace)
             }
-        },
+            Some(backend)
+        }
     };
     let postmaster = if args.trace_db {
         if backend != Some(tracer::Backend::Ebpf) {
@@ -347,6 +346,8 @@ pub fn execute(args: &RunArgs) -> Result<Run> {
     } else {
         None
     };
+    // Before the placement pins this thread: the machine's CPUs, not the load generator's.
+    let machine = environment();
     let placement = Placement::choose();
     let exported = if args.export {
         let latest = tracer::exporter::Latest::default();
@@ -398,7 +399,7 @@ pub fn execute(args: &RunArgs) -> Result<Run> {
         tracer_backend: config.tracer.clone(),
         notes,
         postgres,
-        ..environment()
+        ..machine
     };
 
     const PHASES: u64 = 4;
@@ -1090,7 +1091,7 @@ fn scraped_switches(addr: std::net::SocketAddr) -> Option<(u64, u64)> {
     Some((value("voluntary")?, value("involuntary")?))
 }
 
-fn unix_now() -> f64 {
+pub(crate) fn unix_now() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())

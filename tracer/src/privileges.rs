@@ -51,3 +51,17 @@ pub fn check_ebpf() -> Result<Vec<String>> {
     }
     Ok(notes)
 }
+
+/// What `auto` means wherever a backend is chosen for the user: eBPF where
+/// [`check_ebpf`] passes, else ptrace, with a note saying why and what that costs.
+pub fn auto_backend() -> (crate::Backend, Option<String>) {
+    match check_ebpf() {
+        Ok(_) => (crate::Backend::Ebpf, None),
+        Err(error) => (
+            crate::Backend::Ptrace,
+            Some(format!(
+                "eBPF tracing not permitted ({error:#}); traced with ptrace, which is slower, approximate, and cannot see io_uring ring operations or blocked time"
+            )),
+        ),
+    }
+}
