@@ -77,6 +77,13 @@ pub fn check(config: &Config) -> Result<(), Error> {
     config.resolve(true).map(|_| ())
 }
 
+/// Checks every field and builds the requests without connecting: the [`Error::Input`]
+/// that [`run`] would give, for callers that validate a configuration long before the
+/// server exists (`lab check`'s budget file).
+pub fn validate(config: &Config) -> Result<(), Error> {
+    config.resolve(false).map(|_| ())
+}
+
 /// Runs the load described by `config` and returns what was measured. `progress` is called
 /// about every 100 ms; returning [`Control::Stop`] ends the run early (the report then has
 /// `interrupted: true`). Bad input fails with [`Error::Input`] before any load is sent.
