@@ -3,6 +3,7 @@
 //!
 //! | module | owns |
 //! |---|---|
+//! | [`check`] | `lab check`: syscalls per request against a budget, a CI gate |
 //! | [`clock`] | UTC dates and times from Unix seconds (run ids, the report's dates) |
 //! | [`dashboards`] | `lab dashboards check`: every dashboard query against a Prometheus |
 //! | [`db_cmd`] | `lab db up|down|status|url|reset` |
@@ -17,6 +18,7 @@
 //! | [`syscost`] | `lab syscost`: what single system calls cost here |
 //! | [`workshop`] | `lab workshop N`: the workshop exercises, their before/after and expected effects |
 
+pub mod check;
 pub mod clock;
 pub mod compare_cmd;
 pub mod dashboards;

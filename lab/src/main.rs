@@ -39,6 +39,8 @@ enum Command {
     /// The network namespaces of `lab run --hosts separate`: remove them, show them.
     #[command(subcommand)]
     Net(lab::net::cmd::NetCommand),
+    /// Check a server's syscalls per request against a budget (a CI gate), or record one.
+    Check(lab::check::CheckArgs),
     /// Run a workshop exercise: its before and after, the comparison, the expected effect.
     Workshop(lab::workshop::WorkshopArgs),
     /// Check the Grafana dashboards against a Prometheus: every query returns data for
@@ -58,6 +60,7 @@ fn main() -> ExitCode {
         Command::Workshop(args) => lab::workshop::run(args),
         Command::Dashboards(args) => lab::dashboards::run(args),
         Command::Net(cmd) => lab::net::cmd::run(cmd),
+        Command::Check(args) => lab::check::run(args),
     };
     match result {
         Ok(code) => code,

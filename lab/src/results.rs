@@ -2,9 +2,12 @@
 //! `results/<run-id>/run.json`, and what `lab report` and `lab compare` read back. The
 //! schema is versioned ([`SCHEMA`], [`SCHEMA_VERSION`]) and documented in
 //! `docs/run-json.md`; the load generator's report and the tracer's profile are embedded
-//! as their own crates define them (each carries its own schema name).
+//! as their own crates define them (each carries its own schema name). What `lab check`
+//! reports is in [`check`].
 
 use serde::{Deserialize, Serialize};
+
+pub mod check;
 
 pub const SCHEMA: &str = "syscall-lab/run";
 /// Version 2 added `cpu_profile` and `config.flamegraph_s`; version 1 files read as

@@ -1,4 +1,4 @@
-//! The terminal tables of `lab run`, `lab report` and `lab compare`.
+//! The terminal tables of `lab run`, `lab report`, `lab compare` and `lab check`.
 
 use std::fmt::Write;
 
@@ -219,4 +219,155 @@ pub fn category(summary: &Summary, name: &str) -> (f64, f64, f64, f64) {
                 c.idle_offcpu_us_per_request,
             )
         })
+}
+
+/// `lab check`'s table: one row per limit of each endpoint, then what failed (endpoint,
+/// limit, excess and the calls behind it) and what could not be measured.
+pub fn render_check(report: &crate::results::check::CheckReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "lab check · budget {} · tracer {}",
+        report.budget.as_deref().unwrap_or("-"),
+        report.tracer
+    );
+    let server_w = report
+        .servers
+        .iter()
+        .map(|s| s.server.len())
+        .chain([6])
+        .max()
+        .unwrap_or(6);
+    let endpoint_w = report
+        .servers
+        .iter()
+        .flat_map(|s| s.endpoints.iter().map(|e| e.name.chars().count()))
+        .chain([8])
+        .max()
+        .unwrap_or(8);
+    let _ = writeln!(
+        out,
+        "\n{:<server_w$}  {:<endpoint_w$}  {:<22} {:>9} {:>9} {:>9}  result",
+        "server", "endpoint", "limit (per request)", "allowed", "measured", "margin"
+    );
+    let mut failures = Vec::new();
+    let mut errors = Vec::new();
+    let (mut limits, mut endpoints) = (0, 0);
+    for s in &report.servers {
+        for e in &s.endpoints {
+            endpoints += 1;
+            if let Some(error) = &e.error {
+                let _ = writeln!(
+                    out,
+                    "{:<server_w$}  {:<endpoint_w$}  {:<22} {:>9} {:>9} {:>9}  ERROR",
+                    s.server, e.name, "-", "-", "-", "-"
+                );
+                errors.push(format!("ERROR {} · {}: {error}", s.server, e.name));
+                continue;
+            }
+            for l in &e.limits {
+                limits += 1;
+                let margin = if l.margin >= 0.0 {
+                    format!("+{}", figure(l.margin))
+                } else {
+                    figure(l.margin)
+                };
+                let _ = writeln!(
+                    out,
+                    "{:<server_w$}  {:<endpoint_w$}  {:<22} {:>9} {:>9} {:>9}  {}",
+                    s.server,
+                    e.name,
+                    l.metric.label(),
+                    figure(l.allowed),
+                    figure(l.measured),
+                    margin,
+                    if l.passed { "pass" } else { "FAIL" }
+                );
+                if !l.passed {
+                    let behind: Vec<String> = e
+                        .calls_behind(&l.metric)
+                        .iter()
+                        .map(|c| c.describe())
+                        .collect();
+                    failures.push(format!(
+                        "FAIL {} · {} · {}{}\n     calls: {}",
+                        s.server,
+                        e.name,
+                        l.describe(),
+                        l.line
+                            .map_or(String::new(), |n| format!(" [budget line {n}]")),
+                        behind.join(", ")
+                    ));
+                }
+            }
+        }
+        if let Some(error) = &s.error {
+            errors.push(format!("ERROR {}: could not check: {error}", s.server));
+        }
+    }
+    for line in failures.iter().chain(&errors) {
+        let _ = writeln!(out, "\n{line}");
+    }
+    let failed = failures.len();
+    let _ = writeln!(
+        out,
+        "\n{} limits on {} endpoints: {}",
+        limits,
+        endpoints,
+        match (failed, errors.len()) {
+            (0, 0) => "all held".to_string(),
+            (f, 0) => format!("{f} exceeded"),
+            (f, e) => format!("{f} exceeded, {e} not measured"),
+        }
+    );
+    for note in &report.notes {
+        let _ = writeln!(out, "note: {note}");
+    }
+    out
+}
+
+/// `lab check --record`'s table: what each endpoint cost per request, over its windows.
+pub fn render_recorded(report: &crate::results::check::CheckReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<20} {:<26} {:>8} {:>9} {:>15}  by category (median window)",
+        "server", "endpoint", "windows", "req/s", "syscalls/req"
+    );
+    for s in &report.servers {
+        for e in &s.endpoints {
+            let values: Vec<f64> = e.windows.iter().map(|w| w.syscalls).collect();
+            let spread = crate::results::Spread::of(&values);
+            let median = e.windows.iter().min_by(|a, b| {
+                (a.syscalls - spread.median)
+                    .abs()
+                    .total_cmp(&(b.syscalls - spread.median).abs())
+            });
+            let categories = median.map_or(String::new(), |w| {
+                CATEGORIES
+                    .iter()
+                    .zip(SHORT)
+                    .filter_map(|(c, short)| {
+                        let v = w.categories.get(*c).copied().unwrap_or(0.0);
+                        (v >= 0.005).then(|| format!("{short} {}", figure(v)))
+                    })
+                    .chain((w.ring_ops > 0.0).then(|| format!("ring {}", figure(w.ring_ops))))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            });
+            let _ = writeln!(
+                out,
+                "{:<20} {:<26} {:>8} {:>9.0} {:>15}  {categories}",
+                s.server,
+                e.name,
+                e.windows.len(),
+                e.requests_per_s,
+                format!("{}-{}", figure(spread.min), figure(spread.max)),
+            );
+        }
+    }
+    for note in &report.notes {
+        let _ = writeln!(out, "note: {note}");
+    }
+    out
 }
