@@ -44,7 +44,7 @@ const TIMEOUT_S: f64 = 10.0;
 const PTRACE_TIMEOUT_S: f64 = 30.0;
 
 /// Fewer responses than this in a window make a per-request figure coarse: said in a note.
-const FEW_REQUESTS: u64 = 2000;
+const FEW_REQUESTS: u64 = 500;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum TracerChoice {
