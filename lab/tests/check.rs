@@ -298,7 +298,7 @@ fn the_epoll_variant_fails_its_budget_once_it_logs_synchronously() {
     let dir = tempdir("check-epoll");
     let budget = dir.join("epoll.toml");
     let b = budget.display().to_string();
-    let o = check(&[
+    let o = check([
         "--record",
         &b,
         "--variant",
@@ -311,14 +311,14 @@ fn the_epoll_variant_fails_its_budget_once_it_logs_synchronously() {
         "1s",
     ]);
     assert!(o.status.success(), "recording failed: {}", text(&o));
-    let o = check(&["--budget", &b, "--variant", "epoll"]);
+    let o = check(["--budget", &b, "--variant", "epoll"]);
     assert_eq!(
         o.status.code(),
         Some(0),
         "unchanged, it failed: {}",
         text(&o)
     );
-    let o = check(&["--budget", &b, "--variant", "epoll", "--log", "sync"]);
+    let o = check(["--budget", &b, "--variant", "epoll", "--log", "sync"]);
     assert_eq!(
         o.status.code(),
         Some(1),
@@ -343,7 +343,7 @@ fn a_bad_budget_file_exits_2_naming_its_line() {
         "[[endpoint]]\npath = \"/plaintext\"\n[endpoint.limits.category]\nnetwrk = 2\n",
     )
     .unwrap();
-    let o = check(&[
+    let o = check([
         "--budget",
         &budget.display().to_string(),
         "--variant",
@@ -372,7 +372,7 @@ fn a_server_that_does_not_start_exits_2() {
     )
     .unwrap();
     let url = format!("http://127.0.0.1:{}", free_port());
-    let o = check(&[
+    let o = check([
         "--budget",
         &budget.display().to_string(),
         "--url",
@@ -402,7 +402,7 @@ fn ring_operations_without_ebpf_exit_2() {
     )
     .unwrap();
     let me = std::process::id().to_string();
-    let o = check(&[
+    let o = check([
         "--budget",
         &budget.display().to_string(),
         "--tracer",
