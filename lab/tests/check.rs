@@ -30,6 +30,18 @@ fn check<S: AsRef<std::ffi::OsStr>>(args: impl IntoIterator<Item = S>) -> Output
     Command::new(lab())
         .arg("check")
         .args(args)
+        .env_remove("DATABASE_URL")
+        .output()
+        .expect("running lab check")
+}
+
+/// `lab check` of a lab variant, on the test suites' database.
+fn check_variant<S: AsRef<std::ffi::OsStr>>(args: impl IntoIterator<Item = S>) -> Output {
+    let url = db::Database::ready_for_tests().unwrap_or_else(|e| panic!("{e:#}"));
+    Command::new(lab())
+        .arg("check")
+        .args(args)
+        .env("DATABASE_URL", url)
         .output()
         .expect("running lab check")
 }
@@ -298,7 +310,7 @@ fn the_epoll_variant_fails_its_budget_once_it_logs_synchronously() {
     let dir = tempdir("check-epoll");
     let budget = dir.join("epoll.toml");
     let b = budget.display().to_string();
-    let o = check([
+    let o = check_variant([
         "--record",
         &b,
         "--variant",
@@ -311,14 +323,14 @@ fn the_epoll_variant_fails_its_budget_once_it_logs_synchronously() {
         "1s",
     ]);
     assert!(o.status.success(), "recording failed: {}", text(&o));
-    let o = check(["--budget", &b, "--variant", "epoll"]);
+    let o = check_variant(["--budget", &b, "--variant", "epoll"]);
     assert_eq!(
         o.status.code(),
         Some(0),
         "unchanged, it failed: {}",
         text(&o)
     );
-    let o = check(["--budget", &b, "--variant", "epoll", "--log", "sync"]);
+    let o = check_variant(["--budget", &b, "--variant", "epoll", "--log", "sync"]);
     assert_eq!(
         o.status.code(),
         Some(1),

@@ -45,6 +45,12 @@ const PTRACE_TIMEOUT_S: f64 = 30.0;
 
 /// Fewer responses than this in a window make a per-request figure coarse: said in a note.
 const FEW_REQUESTS: u64 = 500;
+/// A warm-up lasts until it has served this many requests too (first-request costs:
+/// connections, prepared statements, pools), a measured window this many.
+const MIN_WARMUP_REQUESTS: u64 = 50;
+const MIN_WINDOW_REQUESTS: u64 = FEW_REQUESTS;
+/// ... but no phase lasts more than this many times its planned length.
+const STRETCH: f64 = 5.0;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum TracerChoice {
@@ -87,6 +93,10 @@ pub struct CheckArgs {
     /// server with a master process, a worker).
     #[arg(long, requires = "url")]
     pub pid: Option<u32>,
+    /// With --variant: the database the servers use (migrated and seeded first); default:
+    /// the lab's own PostgreSQL (`lab db up`), started if needed.
+    #[arg(long, value_name = "URL", env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
     /// The lab servers' request log mode.
     #[arg(long, default_value = "buffered", value_parser = ["sync", "buffered", "stdout", "off"])]
     pub log: String,
@@ -270,7 +280,12 @@ fn execute(args: &CheckArgs) -> Result<u8> {
 
     let database_url = match targets {
         Targets::Variants(_) => {
-            let database = db::Database::from_env();
+            let database = match args.database_url.as_deref().filter(|u| !u.is_empty()) {
+                Some(url) => db::Database::External {
+                    url: url.to_string(),
+                },
+                None => db::Database::from_env(),
+            };
             eprintln!(
                 "lab check: preparing the database ({})",
                 db::redact(&database.url())
@@ -665,7 +680,7 @@ impl Checker<'_> {
             PTRACE_TIMEOUT_S
         };
         // Longer than needed: the run is stopped at the last boundary.
-        let planned = endpoint.warmup_s + endpoint.duration_s * windows as f64 + 5.0;
+        let planned = (endpoint.warmup_s + endpoint.duration_s * windows as f64) * STRETCH + 5.0;
         let config = endpoint.load_config(&served.base_url(), planned, timeout);
         let mut check = EndpointCheck {
             name: endpoint.name.clone(),
@@ -688,8 +703,20 @@ impl Checker<'_> {
         let mut snapshot_error = None;
         let label = format!("{} · {}", served_label(served), endpoint.name);
         let result = loadgen::run(&config, &mut |p: &loadgen::Progress| {
-            let boundary = endpoint.warmup_s + endpoint.duration_s * marks.len() as f64;
-            if p.elapsed_s >= boundary {
+            // A phase ends when its time is up and it has served its share of requests:
+            // a server stalled by a busy machine (or opening its database connections
+            // late) gets the time to leave the stall behind, up to STRETCH times longer.
+            let (since, served_since, length, least) = match marks.last() {
+                None => (0.0, p.requests, endpoint.warmup_s, MIN_WARMUP_REQUESTS),
+                Some(m) => (
+                    m.2,
+                    p.requests - m.0,
+                    endpoint.duration_s,
+                    MIN_WINDOW_REQUESTS,
+                ),
+            };
+            let elapsed = p.elapsed_s - since;
+            if elapsed >= length && (served_since >= least || elapsed >= length * STRETCH) {
                 match session.snapshot() {
                     Ok(profile) => marks.push((p.requests, p.errors, p.elapsed_s, profile)),
                     Err(e) => {
