@@ -60,18 +60,24 @@ pub enum TracerChoice {
     Ptrace,
 }
 
-/// Check a server's syscalls per request against a budget (exit 0: within it, 1: a limit
-/// exceeded, 2: could not check), or record a budget from today's figures.
-///
-///   lab check --budget budgets/variants.toml                 # the lab's variants it names
-///   lab check --budget FILE --variant epoll [-- SERVER_FLAGS]
-///   lab check --budget FILE --url http://127.0.0.1:8080 -- CMD ARGS...   # a command it starts
-///   lab check --budget FILE --url http://127.0.0.1:8080 --pid PID        # a running server
-///   lab check --record FILE --variant epoll                  # write a budget (same forms)
-///
-/// The budget file's schema: docs/check.md.
+/// How `lab check --help` ends.
+const EXAMPLES: &str = "\
+Exit status: 0 every limit held, 1 a limit exceeded (or an endpoint answered with errors),
+2 the check could not run (bad budget file, server did not start, no privileges).
+
+Examples:
+  lab check --budget budgets/variants.toml                 # the lab's variants it names
+  lab check --budget FILE --variant epoll --log sync       # a variant, one flag changed
+  lab check --budget FILE --url http://127.0.0.1:8080 -- CMD ARGS...   # a server it starts
+  lab check --budget FILE --url http://127.0.0.1:8080 --pid PID        # a running server
+  lab check --record FILE --variant epoll --repeat 5       # write a budget (same forms)
+
+The budget file's schema, and a CI job to copy: docs/check.md.";
+
+/// Check a server's syscalls per request against a budget, or record a budget from
+/// today's figures.
 #[derive(Debug, Clone, clap::Args)]
-#[command(verbatim_doc_comment)]
+#[command(after_help = EXAMPLES)]
 pub struct CheckArgs {
     /// The budget file (TOML): endpoints and their limits.
     #[arg(long, value_name = "FILE", required_unless_present = "record")]
