@@ -95,8 +95,7 @@ pub struct CheckArgs {
     /// --pid or the command that starts it after `--`.
     #[arg(long, value_name = "URL")]
     pub url: Option<String>,
-    /// The process that serves --url (the one that reads and writes the sockets: for a
-    /// server with a master process, a worker).
+    /// The process that serves --url (it and its children are traced).
     #[arg(long, requires = "url")]
     pub pid: Option<u32>,
     /// With --variant: the database the servers use (migrated and seeded first); default:
@@ -154,8 +153,7 @@ pub struct CheckArgs {
     #[arg(long, default_value_t = 0.25)]
     pub min_tolerance: f64,
     /// With --variant: flags for the lab's servers. With --url: the command that starts
-    /// the server (it must serve from the process it starts: no daemonising, no forked
-    /// workers).
+    /// the server (it must stay in the foreground; its child processes are traced too).
     #[arg(last = true, value_name = "COMMAND_OR_SERVER_FLAGS")]
     pub command: Vec<String>,
 }
@@ -663,9 +661,10 @@ impl Checker<'_> {
             tracer::start(
                 tracer::Target::Pid(pid),
                 tracer::Options {
-                    backend: self.backend,
                     overrides,
                     variant: variant.map(String::from),
+                    // Children too: a server's worker processes (nginx's) serve for it.
+                    ..tracer::Options::new(self.backend)
                 },
             )
         })
@@ -790,12 +789,12 @@ impl Checker<'_> {
             ));
             return Ok(check);
         }
-        // A process that made (next to) no calls while requests were answered is not the
-        // one serving them: a master process whose workers do the work, say.
+        // A process (with its children) that made next to no calls while requests were
+        // answered is not what serves them: a --pid of the wrong process, say.
         let quiet = check.windows.iter().all(|w| w.syscalls + w.ring_ops < 0.05);
         if quiet {
             return Err(Unusable(format!(
-                "pid {} made {:.3} syscalls per request while {} requests were answered: it is not the process that serves {} (a master process with worker processes? check the worker with --pid, or run the server as one process)",
+                "pid {} made {:.3} syscalls per request while {} requests were answered: it is not the process that serves {} (give the pid of the server that owns the listening socket, or of a process above it)",
                 served.pid(),
                 check.windows[0].syscalls,
                 check.requests,

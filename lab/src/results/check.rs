@@ -196,7 +196,9 @@ pub struct Figures {
     pub requests: u64,
     pub syscalls: f64,
     pub ring_ops: f64,
-    /// Off-CPU (asleep) µs inside calls and ring operations; 0 when not measured (ptrace).
+    /// Off-CPU (asleep) µs inside calls and ring operations on the request path (idle
+    /// waits, such as an event loop with nothing in flight, left out); 0 when not
+    /// measured (ptrace).
     pub blocked_us: f64,
     /// Syscalls per request by attribution category (all eight).
     pub categories: BTreeMap<String, f64>,
@@ -237,8 +239,8 @@ impl Figures {
         for c in &later.calls {
             let old = before.get(&(c.kind, c.name.as_str(), c.category));
             let count = c.stats.count - old.map_or(0, |s| s.count.min(c.stats.count));
-            blocked_ns +=
-                c.stats.blocked_ns - old.map_or(0, |s| s.blocked_ns.min(c.stats.blocked_ns));
+            let blocked = c.stats.request_blocked_ns();
+            blocked_ns += blocked - old.map_or(0, |s| s.request_blocked_ns().min(blocked));
             if count == 0 {
                 continue;
             }
