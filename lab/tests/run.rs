@@ -19,6 +19,18 @@ fn lab_run() -> Command {
     command
 }
 
+/// A cluster this test started: destroyed (stopped, its data removed) at the end.
+struct OwnCluster(db::Cluster);
+
+impl Drop for OwnCluster {
+    fn drop(&mut self) {
+        let cluster = db::Cluster::new(self.0.config().clone()).expect("the same cluster");
+        if let Err(e) = cluster.destroy() {
+            eprintln!("removing the test's own cluster: {e:#}");
+        }
+    }
+}
+
 fn require_root() {
     assert!(
         nix::unistd::Uid::effective().is_root(),
@@ -323,7 +335,27 @@ fn two_runs_in_one_process_place_the_server_alike() {
 fn trace_db_puts_the_databases_side_beside_the_servers() {
     require_root();
     let out = tempdir("run-trace-db");
-    let output = lab_run()
+    // A cluster of its own: --trace-db counts every process of the database's tree, and the
+    // tests' shared cluster serves the other tests of this binary at the same time.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cluster = OwnCluster(
+        db::Cluster::new(db::ClusterConfig::scratch(
+            &format!("trace-db-{}", std::process::id()),
+            port,
+        ))
+        .expect("PostgreSQL is needed for this test"),
+    );
+    cluster
+        .0
+        .up()
+        .unwrap_or_else(|e| panic!("starting a cluster: {e:#}"));
+    let output = Command::new(lab())
+        .arg("run")
+        .env("DATABASE_URL", cluster.0.config().url())
         .args(["--variants", "epoll", "--workload", "db"])
         .args(["--duration", "2s", "--warmup", "1s", "--connections", "8"])
         .args(["--tracer", "ebpf", "--trace-db", "--out"])
