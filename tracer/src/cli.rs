@@ -43,8 +43,11 @@ pub struct TraceArgs {
     #[arg(long)]
     pub requests: Option<u64>,
     /// The database endpoint, HOST:PORT or a Unix socket path (default: the target's
-    /// DATABASE_URL, else the lab's own database).
-    #[arg(long, value_name = "HOST:PORT|PATH")]
+    /// DATABASE_URL, else the lab's own database). A TCP connection is the database's when
+    /// it goes to PORT at one of the addresses HOST resolves to when the trace starts
+    /// (localhost: 127.0.0.1 and ::1). A bare PORT means that port at any address, as does
+    /// a HOST that does not resolve (the profile's notes say so).
+    #[arg(long, value_name = "HOST:PORT|PORT|PATH")]
     pub db: Option<String>,
     /// A port the server listens on for clients (repeatable; default: its LISTEN sockets).
     #[arg(long = "listen-port", value_name = "PORT")]

@@ -1,7 +1,12 @@
 //! The classification context: which socket is the database, which ports serve clients,
 //! which files are the log. Defaults come from the target itself (/proc), each one
 //! overridable (`--db`, `--listen-port`, `--log-file`).
+//!
+//! A TCP database is its port and the addresses its host stands for, resolved once when
+//! the trace starts ([`DbAddrs`]): another service on the same port number at another
+//! address is not the database.
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 
 use anyhow::{bail, Context as _, Result};
@@ -21,19 +26,30 @@ pub enum DbEndpoint {
 }
 
 impl DbEndpoint {
-    /// `HOST:PORT`, `[V6]:PORT`, or an absolute Unix socket path.
+    /// The host of a TCP endpoint given as a port alone: any address.
+    pub const ANY_HOST: &'static str = "*";
+
+    /// `HOST:PORT`, `[V6]:PORT`, an absolute Unix socket path, or a bare `PORT` (also
+    /// `:PORT`, `*:PORT`): that port at any address.
     pub fn parse(s: &str) -> Result<DbEndpoint> {
         if s.starts_with('/') {
             return Ok(DbEndpoint::Unix(PathBuf::from(s)));
         }
-        let (host, port) = s
-            .rsplit_once(':')
-            .with_context(|| format!("database endpoint {s:?} is not HOST:PORT or a path"))?;
-        let port: u16 = port
-            .parse()
-            .with_context(|| format!("bad port in database endpoint {s:?}"))?;
+        let (host, port) = s.rsplit_once(':').unwrap_or(("", s));
+        let port: u16 = port.parse().with_context(|| {
+            format!(
+                "database endpoint {s:?} is not HOST:PORT, [V6]:PORT, PORT or an absolute \
+                 Unix socket path"
+            )
+        })?;
+        let host = host.trim_matches(['[', ']']);
         Ok(DbEndpoint::Tcp {
-            host: host.trim_matches(['[', ']']).to_string(),
+            host: if host.is_empty() {
+                Self::ANY_HOST
+            } else {
+                host
+            }
+            .to_string(),
             port,
         })
     }
@@ -77,8 +93,88 @@ impl DbEndpoint {
 
     pub fn describe(&self) -> String {
         match self {
+            DbEndpoint::Tcp { host, port } if host.contains(':') => format!("[{host}]:{port}"),
             DbEndpoint::Tcp { host, port } => format!("{host}:{port}"),
             DbEndpoint::Unix(p) => p.display().to_string(),
+        }
+    }
+
+    /// The addresses a TCP endpoint's host stands for, resolved now: an IP literal as is,
+    /// `localhost` as 127.0.0.1 and ::1 (and whatever else the resolver says), any other
+    /// name through the system resolver. Any address when the host is [`Self::ANY_HOST`]
+    /// or unspecified (0.0.0.0, ::), when it does not resolve, or when it resolves to more
+    /// than [`DB_ADDRS_MAX`] addresses of a family. None for a Unix socket.
+    pub fn resolve_addrs(&self) -> Option<DbAddrs> {
+        let DbEndpoint::Tcp { host, port } = self else {
+            return None;
+        };
+        let any = |why: String| {
+            Some(DbAddrs::Any {
+                why: format!(
+                    "{why}: the database is recognised by its port alone (any TCP connection \
+                     to port {port} counts as the database's)"
+                ),
+            })
+        };
+        if host == Self::ANY_HOST || host.is_empty() {
+            return any("the database was given as a port only".into());
+        }
+        let mut addrs: Vec<IpAddr> = match host.parse::<IpAddr>() {
+            Ok(ip) => vec![ip],
+            Err(_) => match (host.as_str(), *port).to_socket_addrs() {
+                Ok(found) => found.map(|a| a.ip()).collect(),
+                Err(e) => return any(format!("the database host {host:?} did not resolve ({e})")),
+            },
+        };
+        if host.eq_ignore_ascii_case("localhost") {
+            addrs.extend([
+                IpAddr::V4(Ipv4Addr::LOCALHOST),
+                IpAddr::V6(Ipv6Addr::LOCALHOST),
+            ]);
+        }
+        for a in &mut addrs {
+            *a = a.to_canonical();
+        }
+        addrs.sort();
+        addrs.dedup();
+        if addrs.iter().any(IpAddr::is_unspecified) {
+            return any(format!(
+                "the database host {host:?} is the unspecified address"
+            ));
+        }
+        if addrs.is_empty() {
+            return any(format!("the database host {host:?} resolved to no address"));
+        }
+        let v4 = addrs.iter().filter(|a| a.is_ipv4()).count();
+        if v4.max(addrs.len() - v4) > DB_ADDRS_MAX {
+            return any(format!(
+                "the database host {host:?} resolved to more than {DB_ADDRS_MAX} addresses of \
+                 a family"
+            ));
+        }
+        Some(DbAddrs::Only(addrs))
+    }
+}
+
+/// At most this many database addresses per family (IPv4, IPv6): the eBPF program holds
+/// them in fixed arrays that it scans in place.
+pub const DB_ADDRS_MAX: usize = 8;
+
+/// The addresses at which the database's TCP port is the database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DbAddrs {
+    /// These, resolved once at start; IPv4-mapped IPv6 addresses appear as their IPv4.
+    Only(Vec<IpAddr>),
+    /// Any address: the port alone decides. `why` is said in the profile's notes.
+    Any { why: String },
+}
+
+impl DbAddrs {
+    /// Whether `ip` is one of them (an IPv4-mapped IPv6 address counts as its IPv4).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match self {
+            DbAddrs::Only(v) => v.contains(&ip.to_canonical()),
+            DbAddrs::Any { .. } => true,
         }
     }
 }
@@ -103,6 +199,8 @@ pub struct LogFile {
 #[derive(Debug, Clone)]
 pub struct Context {
     pub db: DbEndpoint,
+    /// Where a TCP database's port is the database (None: a Unix socket).
+    pub db_addrs: Option<DbAddrs>,
     pub listen_ports: Vec<u16>,
     pub log_files: Vec<LogFile>,
     listen_fixed: bool,
@@ -125,6 +223,7 @@ impl Context {
                 })
         });
         let mut c = Context {
+            db_addrs: db.resolve_addrs(),
             db,
             listen_ports: o.listen_ports.clone(),
             log_files: o
@@ -226,9 +325,32 @@ impl Context {
         }
     }
 
+    /// Whether a TCP connection to `peer` is the database's: its port, at one of its
+    /// addresses (or at any, see [`DbAddrs::Any`]).
+    pub fn is_db_peer(&self, peer: SocketAddr) -> bool {
+        Some(peer.port()) == self.db_port()
+            && self
+                .db_addrs
+                .as_ref()
+                .is_some_and(|a| a.contains(peer.ip()))
+    }
+
+    /// What the profile's notes say about the context: a database recognised by its port
+    /// alone, and why.
+    pub fn notes(&self) -> Vec<String> {
+        match &self.db_addrs {
+            Some(DbAddrs::Any { why }) => vec![why.clone()],
+            _ => Vec::new(),
+        }
+    }
+
     pub fn info(&self) -> ContextInfo {
         ContextInfo {
             database: Some(self.db.describe()),
+            database_addresses: match &self.db_addrs {
+                Some(DbAddrs::Only(v)) => v.iter().map(IpAddr::to_string).collect(),
+                _ => Vec::new(),
+            },
             listen_ports: self.listen_ports.clone(),
             log_files: self
                 .log_files
@@ -297,5 +419,71 @@ mod tests {
                 port: 5432
             }
         );
+    }
+
+    #[test]
+    fn endpoints_as_typed() {
+        let tcp = |h: &str, port| DbEndpoint::Tcp {
+            host: h.into(),
+            port,
+        };
+        assert_eq!(DbEndpoint::parse("[::1]:5432").unwrap(), tcp("::1", 5432));
+        assert_eq!(
+            DbEndpoint::parse("[::1]:5432").unwrap().describe(),
+            "[::1]:5432"
+        );
+        for any in ["5432", ":5432", "*:5432"] {
+            assert_eq!(DbEndpoint::parse(any).unwrap(), tcp("*", 5432), "{any}");
+        }
+        assert_eq!(DbEndpoint::parse("5432").unwrap().describe(), "*:5432");
+        for bad in ["db", "db:", "db:x", "70000", ""] {
+            let e = DbEndpoint::parse(bad).unwrap_err().to_string();
+            assert!(e.contains("HOST:PORT") && e.contains("PORT"), "{bad}: {e}");
+        }
+    }
+
+    fn addrs(s: &str) -> DbAddrs {
+        DbEndpoint::parse(s).unwrap().resolve_addrs().unwrap()
+    }
+
+    fn ips(v: &[&str]) -> DbAddrs {
+        DbAddrs::Only(v.iter().map(|a| a.parse().unwrap()).collect())
+    }
+
+    #[test]
+    fn hosts_resolve_to_the_addresses_compared() {
+        assert_eq!(addrs("127.0.0.1:5432"), ips(&["127.0.0.1"]));
+        assert_eq!(addrs("198.18.2.2:5432"), ips(&["198.18.2.2"]));
+        assert_eq!(addrs("[2001:db8::7]:5432"), ips(&["2001:db8::7"]));
+        // An IPv4-mapped literal is its IPv4.
+        assert_eq!(addrs("[::ffff:10.0.0.1]:5432"), ips(&["10.0.0.1"]));
+        // localhost: both loopbacks, whatever /etc/hosts lists.
+        assert_eq!(addrs("localhost:5432"), ips(&["127.0.0.1", "::1"]));
+        assert_eq!(
+            DbEndpoint::Unix("/run/pg/.s.PGSQL.5432".into()).resolve_addrs(),
+            None
+        );
+        for any in ["5432", "0.0.0.0:5432", "[::]:5432"] {
+            match addrs(any) {
+                DbAddrs::Any { why } => assert!(
+                    why.contains("by its port alone") && why.contains("port 5432"),
+                    "{any}: {why}"
+                ),
+                other => panic!("{any}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn only_the_addresses_resolved_are_the_database() {
+        let a = ips(&["127.0.0.1", "::1"]);
+        for yes in ["127.0.0.1", "::1", "::ffff:127.0.0.1"] {
+            assert!(a.contains(yes.parse().unwrap()), "{yes}");
+        }
+        for no in ["127.0.0.2", "::2", "::ffff:127.0.0.2", "0.0.0.0"] {
+            assert!(!a.contains(no.parse().unwrap()), "{no}");
+        }
+        let any = DbAddrs::Any { why: String::new() };
+        assert!(any.contains("10.1.2.3".parse().unwrap()));
     }
 }

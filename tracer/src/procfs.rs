@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::fs;
 use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -16,8 +17,16 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TcpSock {
     pub local_port: u16,
+    /// The peer (the unspecified address, port 0, while there is none).
+    pub remote_ip: IpAddr,
     pub remote_port: u16,
     pub listening: bool,
+}
+
+impl TcpSock {
+    pub fn remote(&self) -> SocketAddr {
+        SocketAddr::new(self.remote_ip, self.remote_port)
+    }
 }
 
 /// TCP sockets of the network namespace of `pid`, by inode.
@@ -38,6 +47,11 @@ pub fn tcp_sockets(pid: i32) -> HashMap<u64, TcpSock> {
                     .and_then(|p| u16::from_str_radix(p, 16).ok())
                     .unwrap_or(0)
             };
+            let remote_ip = cols[2]
+                .split(':')
+                .next()
+                .and_then(proc_net_ip)
+                .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
             let Ok(inode) = cols[9].parse::<u64>() else {
                 continue;
             };
@@ -45,6 +59,7 @@ pub fn tcp_sockets(pid: i32) -> HashMap<u64, TcpSock> {
                 inode,
                 TcpSock {
                     local_port: port(cols[1]),
+                    remote_ip,
                     remote_port: port(cols[2]),
                     listening: cols[3] == "0A",
                 },
@@ -52,6 +67,40 @@ pub fn tcp_sockets(pid: i32) -> HashMap<u64, TcpSock> {
         }
     }
     out
+}
+
+/// An address as /proc/net/tcp{,6} prints it: the 4 (IPv4) or 16 (IPv6) bytes of the
+/// address in network order, printed as 32-bit words in host order (`%08X`).
+fn proc_net_ip(hex: &str) -> Option<IpAddr> {
+    let word = |i: usize| -> Option<[u8; 4]> {
+        let w = u32::from_str_radix(hex.get(i * 8..i * 8 + 8)?, 16).ok()?;
+        Some(w.to_ne_bytes())
+    };
+    match hex.len() {
+        8 => Some(IpAddr::V4(Ipv4Addr::from(word(0)?))),
+        32 => {
+            let mut b = [0u8; 16];
+            for i in 0..4 {
+                b[i * 4..i * 4 + 4].copy_from_slice(&word(i)?);
+            }
+            Some(IpAddr::V6(Ipv6Addr::from(b)))
+        }
+        _ => None,
+    }
+}
+
+/// A `struct sockaddr_in` or `sockaddr_in6` as raw bytes (read from a traced process, or
+/// filled by the kernel): family (host order) at 0, port (network order) at 2, then the
+/// IPv4 address at 4 or the IPv6 address at 8. None for other families or too few bytes.
+pub fn parse_sockaddr(b: &[u8]) -> Option<SocketAddr> {
+    let family = i32::from(u16::from_ne_bytes([*b.first()?, *b.get(1)?]));
+    let port = u16::from_be_bytes([*b.get(2)?, *b.get(3)?]);
+    let ip = match family {
+        libc::AF_INET => IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(b.get(4..8)?).ok()?)),
+        libc::AF_INET6 => IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(b.get(8..24)?).ok()?)),
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, port))
 }
 
 /// A pidfd for `pid` (a thread-group leader), for [`tcp_socket_of`].
@@ -94,10 +143,13 @@ pub fn tcp_socket_of(pidfd: BorrowedFd<'_>, fd: i32) -> io::Result<Option<TcpSoc
     if sockopt_int(s, libc::SO_PROTOCOL)? != libc::IPPROTO_TCP {
         return Ok(None);
     }
+    let unspecified = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0);
+    // ENOTCONN: no peer (listening, or not connected yet), which /proc shows as 0.0.0.0:0
+    let remote = sockaddr(s, libc::getpeername).unwrap_or(unspecified);
     Ok(Some(TcpSock {
-        local_port: sockaddr_port(s, libc::getsockname)?,
-        // ENOTCONN: no peer (listening, or not connected yet), which /proc shows as port 0
-        remote_port: sockaddr_port(s, libc::getpeername).unwrap_or(0),
+        local_port: sockaddr(s, libc::getsockname)?.port(),
+        remote_ip: remote.ip(),
+        remote_port: remote.port(),
         listening: sockopt_int(s, libc::SO_ACCEPTCONN)? != 0,
     }))
 }
@@ -124,23 +176,16 @@ fn sockopt_int(s: RawFd, name: libc::c_int) -> io::Result<libc::c_int> {
 type SockNameFn =
     unsafe extern "C" fn(libc::c_int, *mut libc::sockaddr, *mut libc::socklen_t) -> libc::c_int;
 
-/// The port of the socket's own (getsockname) or peer's (getpeername) address.
-fn sockaddr_port(s: RawFd, get: SockNameFn) -> io::Result<u16> {
-    // SAFETY: sockaddr_storage is plain data; all zeroes is a valid value.
-    let mut sa: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+/// The socket's own (getsockname) or peer's (getpeername) address.
+fn sockaddr(s: RawFd, get: SockNameFn) -> io::Result<SocketAddr> {
+    let mut sa = [0u8; std::mem::size_of::<libc::sockaddr_storage>()];
+    let mut len = sa.len() as libc::socklen_t;
     // SAFETY: sa and len are valid for writes of the sizes passed.
-    if unsafe { get(s, (&mut sa as *mut libc::sockaddr_storage).cast(), &mut len) } < 0 {
+    if unsafe { get(s, sa.as_mut_ptr().cast(), &mut len) } < 0 {
         return Err(io::Error::last_os_error());
     }
-    // sin_port and sin6_port both sit right after the family, in network order.
-    // SAFETY: the storage is large and aligned enough for either address type.
-    let port_be = match sa.ss_family as libc::c_int {
-        libc::AF_INET => unsafe { (*(&sa as *const _ as *const libc::sockaddr_in)).sin_port },
-        libc::AF_INET6 => unsafe { (*(&sa as *const _ as *const libc::sockaddr_in6)).sin6_port },
-        _ => 0,
-    };
-    Ok(u16::from_be(port_be))
+    parse_sockaddr(&sa[..(len as usize).min(sa.len())])
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "not an IP socket address"))
 }
 
 /// What /proc/PID/fd/N points at.
@@ -397,6 +442,38 @@ mod tests {
     use std::os::fd::AsFd;
     use std::os::unix::net::UnixStream;
 
+    #[test]
+    fn addresses_as_proc_net_tcp_prints_them() {
+        // x86_64 (little-endian) only, like the tracer.
+        assert_eq!(proc_net_ip("0100007F"), Some("127.0.0.1".parse().unwrap()));
+        assert_eq!(
+            proc_net_ip("00000000000000000000000001000000"),
+            Some("::1".parse().unwrap())
+        );
+        assert_eq!(
+            proc_net_ip("0000000000000000FFFF00000100007F"),
+            Some("::ffff:127.0.0.1".parse().unwrap())
+        );
+        assert_eq!(proc_net_ip("0100007"), None);
+    }
+
+    #[test]
+    fn sockaddrs_from_raw_bytes() {
+        let mut v4 = vec![0u8; 16];
+        v4[..2].copy_from_slice(&(libc::AF_INET as u16).to_ne_bytes());
+        v4[2..4].copy_from_slice(&5432u16.to_be_bytes());
+        v4[4..8].copy_from_slice(&[127, 0, 0, 2]);
+        assert_eq!(parse_sockaddr(&v4), Some("127.0.0.2:5432".parse().unwrap()));
+        assert_eq!(parse_sockaddr(&v4[..6]), None, "too short");
+        let mut v6 = vec![0u8; 28];
+        v6[..2].copy_from_slice(&(libc::AF_INET6 as u16).to_ne_bytes());
+        v6[2..4].copy_from_slice(&5432u16.to_be_bytes());
+        v6[23] = 1;
+        assert_eq!(parse_sockaddr(&v6), Some("[::1]:5432".parse().unwrap()));
+        v6[..2].copy_from_slice(&(libc::AF_UNIX as u16).to_ne_bytes());
+        assert_eq!(parse_sockaddr(&v6), None);
+    }
+
     /// tcp_socket_of reads the same ports and state that /proc/net/tcp shows, from this
     /// process's own sockets (a process may always duplicate its own fds).
     #[test]
@@ -410,16 +487,17 @@ mod tests {
 
         let l = ask(listener.as_raw_fd()).unwrap().expect("a TCP socket");
         assert_eq!((l.local_port, l.remote_port, l.listening), (port, 0, true));
+        assert!(l.remote_ip.is_unspecified());
         let c = ask(client.as_raw_fd()).unwrap().expect("a TCP socket");
         let c_port = client.local_addr().unwrap().port();
         assert_eq!(
-            (c.local_port, c.remote_port, c.listening),
-            (c_port, port, false)
+            (c.local_port, c.remote(), c.listening),
+            (c_port, listener.local_addr().unwrap(), false)
         );
         let s = ask(server_side.as_raw_fd()).unwrap().expect("a TCP socket");
         assert_eq!(
-            (s.local_port, s.remote_port, s.listening),
-            (port, c_port, false)
+            (s.local_port, s.remote(), s.listening),
+            (port, client.local_addr().unwrap(), false)
         );
 
         // What /proc/PID/net/tcp says of the same sockets.

@@ -200,6 +200,10 @@ pub struct ProcessRow {
 pub struct ContextInfo {
     /// `host:port` or a Unix socket path.
     pub database: Option<String>,
+    /// The addresses at which the database's TCP port counts as the database, resolved
+    /// from its host at start. Empty: a Unix socket, or any address (the notes say why).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub database_addresses: Vec<String>,
     pub listen_ports: Vec<u16>,
     pub log_files: Vec<String>,
 }

@@ -13,24 +13,11 @@ use std::time::{Duration, Instant};
 use common::*;
 use tracer::{start, Backend, Category, DbEndpoint, Kind, Options, Overrides, Target};
 
-/// A fake database: answers 4 bytes to every 6-byte query, on its own threads (in the
-/// test process, so never traced).
+/// A fake database on 127.0.0.1 (see [`answer_queries`]); returns its port.
 fn fake_db() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for c in l.incoming() {
-            let mut c = c.unwrap();
-            std::thread::spawn(move || {
-                let mut b = [0u8; 6];
-                while c.read_exact(&mut b).is_ok() {
-                    if c.write_all(b"row\n").is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
+    answer_queries(l);
     port
 }
 

@@ -115,8 +115,9 @@ pub struct CheckArgs {
     #[arg(long, value_name = "FILE")]
     pub junit: Option<PathBuf>,
     /// The database the server talks to, when not its --database-url or DATABASE_URL
-    /// (HOST:PORT or a Unix socket path), for attributing its calls.
-    #[arg(long, value_name = "HOST:PORT|PATH")]
+    /// (HOST:PORT, a bare PORT for that port at any address, or a Unix socket path), for
+    /// attributing its calls.
+    #[arg(long, value_name = "HOST:PORT|PORT|PATH")]
     pub db: Option<String>,
     /// A log file of the server (repeatable), when not found among its open files.
     #[arg(long, value_name = "PATH")]

@@ -13,6 +13,9 @@
 //! - `epoll-dup DB_PORT N`: what mio does with a worker's epoll: creates an epoll set, dups
 //!   its descriptor, registers a connection to DB_PORT through the first number and waits
 //!   on the second, N times (`epoll_wait`, then a one-byte read).
+//! - `peers N ADDR...`: connects to every ADDR (`IP:PORT`, `[V6]:PORT`) in turn, then per
+//!   connection N exchanges like the database's of `serve` (a 6-byte write, a 4-byte
+//!   read), and exits: one process talking to the database and to look-alikes of it.
 //! - `churn`: starts and ends threads without pause (8 at a time), until killed: a target
 //!   whose task list always holds threads that are exiting.
 
@@ -27,10 +30,11 @@ fn main() {
         Some("uring") => uring(&args[2]),
         Some("block") => block(args[2].parse().unwrap(), args[3].parse().unwrap()),
         Some("epoll-dup") => epoll_dup(args[2].parse().unwrap(), args[3].parse().unwrap()),
+        Some("peers") => peers(args[2].parse().unwrap(), &args[3..]),
         Some("churn") => churn(),
         _ => panic!(
             "usage: tracer-workload serve PORT_FILE LOG_PATH [DB_PORT] | uring PORT_FILE | \
-             block DB_PORT N | epoll-dup DB_PORT N | churn"
+             block DB_PORT N | epoll-dup DB_PORT N | peers N ADDR... | churn"
         ),
     }
 }
@@ -73,6 +77,20 @@ fn serve(port_file: &str, log_path: &str, db_port: Option<u16>) {
                 c.write_all(b"response\n").unwrap();
             }
         });
+    }
+}
+
+fn peers(n: usize, addrs: &[String]) {
+    let mut conns: Vec<TcpStream> = addrs
+        .iter()
+        .map(|a| TcpStream::connect(a.as_str()).unwrap_or_else(|e| panic!("connect {a}: {e}")))
+        .collect();
+    let mut buf = [0u8; 4];
+    for c in &mut conns {
+        for _ in 0..n {
+            c.write_all(b"query\n").unwrap();
+            c.read_exact(&mut buf).unwrap();
+        }
     }
 }
 

@@ -129,10 +129,23 @@ struct task_struct {
 	struct signal_struct *signal;
 } __attribute__((preserve_access_index));
 
+/* The kernel's in6_addr is a union of views of its 16 bytes, in network order. */
+struct in6_addr {
+	union {
+		__u8 u6_addr8[16];
+		__be32 u6_addr32[4];
+	} in6_u;
+} __attribute__((preserve_access_index));
+
+/* The peer's address: skc_daddr (IPv4, inside anonymous unions in the kernel) or
+ * skc_v6_daddr (IPv6, which holds ::ffff:a.b.c.d for an IPv4 peer of a dual-stack
+ * socket). */
 struct sock_common {
+	__be32 skc_daddr;
 	__be16 skc_dport;
 	__u16 skc_num;
 	unsigned short skc_family;
+	struct in6_addr skc_v6_daddr;
 } __attribute__((preserve_access_index));
 
 struct sock {

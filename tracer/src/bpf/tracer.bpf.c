@@ -17,6 +17,7 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
 #include <bpf/bpf_core_read.h>
+#include <bpf/bpf_endian.h>
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -66,6 +67,7 @@ char LICENSE[] SEC("license") = "GPL";
 #define AGG_SLOTS 8192 /* distinct (process, thread name, call, category) rows */
 #define SLOT_CACHE 32  /* per-CPU cache of recently used rows */
 #define MAX_LISTEN 16
+#define DB_ADDRS_MAX 8 /* tracer::context::DB_ADDRS_MAX */
 
 const volatile u32 targ_tgid = 0;
 /* More processes than targ_tgid are traced (children, companions): consult tgid_set. */
@@ -74,6 +76,15 @@ const volatile u8 use_set = 0;
 const volatile u8 follow_forks = 0;
 /* Database TCP port in network byte order (as skc_dport and sin_port hold it), 0: none. */
 const volatile u16 db_port_be = 0;
+/* The database's addresses, in network byte order as skc_daddr / skc_v6_daddr hold them
+ * (user space resolves its host once, before load; IPv4-mapped IPv6 ones are in db_v4).
+ * A connection to db_port_be is the database's when its peer is one of them, or, when
+ * both counts are 0 (a bare port given, or a host that did not resolve), whatever its
+ * peer. Only a socket on the database's port compares addresses: others pay nothing. */
+const volatile u32 db_v4[DB_ADDRS_MAX] = {};
+const volatile u32 db_v6[DB_ADDRS_MAX][4] = {};
+const volatile u32 db_n_v4 = 0;
+const volatile u32 db_n_v6 = 0;
 /* Database Unix socket path (Postgres: DIR/.s.PGSQL.PORT), db_path_len 0: none. */
 const volatile char db_path[DB_PATH_MAX] = {};
 const volatile u32 db_path_len = 0;
@@ -496,6 +507,38 @@ static __always_inline void account(struct agg_val *v, s64 ret, u64 dur, bool by
 	v->hist[b] += 1;
 }
 
+static __always_inline bool db_v4_addr(u32 a)
+{
+	for (int i = 0; i < DB_ADDRS_MAX; i++) {
+		if (i >= db_n_v4)
+			return false;
+		if (db_v4[i] == a)
+			return true;
+	}
+	return false;
+}
+
+/* a0..a3: the 16 bytes of an IPv6 address as four words; ::ffff:a.b.c.d is a.b.c.d. */
+static __always_inline bool db_v6_addr(u32 a0, u32 a1, u32 a2, u32 a3)
+{
+	if (a0 == 0 && a1 == 0 && a2 == bpf_htonl(0xffff))
+		return db_v4_addr(a3);
+	for (int i = 0; i < DB_ADDRS_MAX; i++) {
+		if (i >= db_n_v6)
+			return false;
+		if (db_v6[i][0] == a0 && db_v6[i][1] == a1 && db_v6[i][2] == a2 &&
+		    db_v6[i][3] == a3)
+			return true;
+	}
+	return false;
+}
+
+/* Whether the database is recognised by its port alone (any peer address). */
+static __always_inline bool db_any_addr(void)
+{
+	return db_n_v4 == 0 && db_n_v6 == 0;
+}
+
 /* The file's socket: private_data is a void * to the verifier, so cast it back to its
  * kernel type (bpf_core_cast: a free, read-only cast whose loads are fault-safe). */
 static __always_inline struct sock *socket_sk(struct file *fp)
@@ -538,8 +581,16 @@ static __always_inline u8 classify_file(struct file *fp, int fd)
 		struct sock *sk = socket_sk(f);
 		u16 family = sk->__sk_common.skc_family;
 		if (family == AF_INET || family == AF_INET6) {
-			if (db_port_be && sk->__sk_common.skc_dport == db_port_be)
-				return CAT_DATABASE;
+			if (db_port_be && sk->__sk_common.skc_dport == db_port_be) {
+				struct sock_common *c = &sk->__sk_common;
+				if (db_any_addr() ||
+				    (family == AF_INET ? db_v4_addr(c->skc_daddr)
+						       : db_v6_addr(c->skc_v6_daddr.in6_u.u6_addr32[0],
+								    c->skc_v6_daddr.in6_u.u6_addr32[1],
+								    c->skc_v6_daddr.in6_u.u6_addr32[2],
+								    c->skc_v6_daddr.in6_u.u6_addr32[3])))
+					return CAT_DATABASE;
+			}
 			u16 lport = sk->__sk_common.skc_num;
 			/* Reset by its peer (or closed): the socket left the port's bind bucket
 			 * and skc_num reads 0, but its source port is still there. */
@@ -704,9 +755,21 @@ static __always_inline u8 connect_cat(struct task_struct *task, int fd, const vo
 	if (family == AF_INET || family == AF_INET6) {
 		u16 port = 0; /* sin_port and sin6_port sit at offset 2, network order */
 		bpf_probe_read_user(&port, sizeof(port), uaddr + 2);
-		if (db_port_be && port == db_port_be)
+		if (!db_port_be || port != db_port_be)
+			return CAT_NONE;
+		if (db_any_addr())
 			return CAT_DATABASE;
-		return CAT_NONE;
+		bool db;
+		if (family == AF_INET) { /* sin_addr at 4 */
+			u32 a = 0;
+			bpf_probe_read_user(&a, sizeof(a), uaddr + 4);
+			db = db_v4_addr(a);
+		} else { /* sin6_addr at 8 */
+			u32 a[4] = {};
+			bpf_probe_read_user(a, sizeof(a), uaddr + 8);
+			db = db_v6_addr(a[0], a[1], a[2], a[3]);
+		}
+		return db ? CAT_DATABASE : CAT_NONE;
 	}
 	if (family == AF_UNIX && db_path_len) {
 		char path[DB_PATH_MAX] = {};

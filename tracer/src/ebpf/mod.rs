@@ -17,6 +17,7 @@ mod skel {
 
 use std::collections::HashMap;
 use std::mem::MaybeUninit;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -27,7 +28,7 @@ use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
 use libbpf_rs::{MapCore, MapFlags};
 
 use crate::category::Category;
-use crate::context::{Context, DbEndpoint};
+use crate::context::{Context, DbAddrs, DbEndpoint};
 use crate::profile::{role_of, Kind, Meta, Profile, Record, Stats, TargetInfo, HIST_BUCKETS};
 use crate::ptrace::classify;
 use crate::session::{Cmd, Options, Shared, Started, Target};
@@ -119,6 +120,7 @@ pub(crate) fn run(
     }
     let mut ctx = Context::resolve(pid, &opts.overrides);
     ctx.include(&opts.companions);
+    notes.extend(ctx.notes());
     let mut tree = Tree::new(pid, &opts);
     let mut storage = MaybeUninit::uninit();
     // Everything the programs classify with goes into the maps before they are attached:
@@ -278,6 +280,28 @@ fn load<'obj>(
     rodata.use_set = (opts.children || !opts.companions.is_empty()).into();
     if let Some(port) = ctx.db_port() {
         rodata.db_port_be = port.to_be();
+    }
+    // The database's addresses as the kernel holds them (network order); both counts 0
+    // means any address (DbAddrs::Any). Context resolves at most DB_ADDRS_MAX of each.
+    if let Some(DbAddrs::Only(addrs)) = &ctx.db_addrs {
+        let v4 = addrs.iter().filter_map(|a| match a {
+            IpAddr::V4(a) => Some(a.octets()),
+            IpAddr::V6(_) => None,
+        });
+        for (slot, a) in rodata.db_v4.iter_mut().zip(v4) {
+            *slot = u32::from_ne_bytes(a);
+            rodata.db_n_v4 += 1;
+        }
+        let v6 = addrs.iter().filter_map(|a| match a {
+            IpAddr::V6(a) => Some(a.octets()),
+            IpAddr::V4(_) => None,
+        });
+        for (slot, a) in rodata.db_v6.iter_mut().zip(v6) {
+            for (w, b) in slot.iter_mut().zip(a.chunks_exact(4)) {
+                *w = u32::from_ne_bytes(b.try_into().expect("4 bytes"));
+            }
+            rodata.db_n_v6 += 1;
+        }
     }
     if let DbEndpoint::Unix(path) = &ctx.db {
         let b = path.as_os_str().as_encoded_bytes();

@@ -41,7 +41,7 @@ pub fn classify_target(
     match t {
         FdTarget::Socket(_) => {
             if let Some(s) = tcp {
-                if Some(s.remote_port) == ctx.db_port() {
+                if ctx.is_db_peer(s.remote()) {
                     return Some(Category::Database);
                 }
                 if s.listening || ctx.listen_ports.contains(&s.local_port) {

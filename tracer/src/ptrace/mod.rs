@@ -19,6 +19,7 @@
 pub mod classify;
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -276,6 +277,7 @@ pub(crate) fn run(
         "ptrace backend: off-CPU time is not measured; call times include the cost of the stops"
             .to_string(),
     ];
+    notes.extend(t.ctx.notes());
     if spawned {
         notes.push(format!(
             "spawn mode: only the {} syscalls of its seccomp filter are counted (fd I/O, waits, \
@@ -623,10 +625,8 @@ impl Tracer {
             }
         } else if flags & syscalls::CONNECT != 0 {
             // Not connected yet: the address says where it goes.
-            if let Some(port) = read_port(pid, args[1]) {
-                if Some(port) == self.ctx.db_port() {
-                    cat = Category::Database;
-                }
+            if read_sockaddr(pid, args[1], args[2]).is_some_and(|a| self.ctx.is_db_peer(a)) {
+                cat = Category::Database;
             }
         } else if flags & syscalls::FD0 != 0 {
             if let Some(c) = self.classify(pid, args[0] as i32) {
@@ -839,12 +839,12 @@ fn read_i32(pid: i32, addr: u64) -> Option<i32> {
     read_mem(pid, addr, &mut b).then(|| i32::from_ne_bytes(b))
 }
 
-/// The port of a sockaddr_in/in6 (family at 0, port big-endian at 2).
-fn read_port(pid: i32, addr: u64) -> Option<u16> {
-    let mut b = [0u8; 4];
-    if !read_mem(pid, addr, &mut b) {
+/// The sockaddr_in/in6 of `len` bytes at `addr` in the tracee (connect's arguments).
+fn read_sockaddr(pid: i32, addr: u64, len: u64) -> Option<SocketAddr> {
+    let mut b = [0u8; std::mem::size_of::<libc::sockaddr_in6>()];
+    let n = (len as usize).min(b.len());
+    if !read_mem(pid, addr, &mut b[..n]) {
         return None;
     }
-    let family = u16::from_ne_bytes([b[0], b[1]]) as i32;
-    (family == libc::AF_INET || family == libc::AF_INET6).then(|| u16::from_be_bytes([b[2], b[3]]))
+    crate::procfs::parse_sockaddr(&b[..n])
 }

@@ -169,6 +169,25 @@ pub fn http_load(port: u16, path: &str, conns: usize, per_conn: usize) -> (u64, 
         .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
 }
 
+/// A fake database behind listener `l`: answers 4 bytes to every 6-byte query (what
+/// tracer-workload's `serve` and `peers` send), on threads of the test process, so never
+/// traced.
+pub fn answer_queries(l: std::net::TcpListener) {
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            let Ok(mut c) = c else { return };
+            std::thread::spawn(move || {
+                let mut b = [0u8; 6];
+                while c.read_exact(&mut b).is_ok() {
+                    if c.write_all(b"row\n").is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
