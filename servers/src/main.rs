@@ -8,6 +8,10 @@ use servers::cli::Args;
 use servers::metrics::METRICS;
 use servers::{io, logging};
 
+/// mimalloc instead of glibc's malloc: see the comment in Cargo.toml.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let args = Args::parse();
     // Knobs that do not fit the variant are usage errors, like a wrong flag.
