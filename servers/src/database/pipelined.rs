@@ -21,7 +21,10 @@
 //! statements are merged.
 //!
 //! A request's own queries (`/queries`, the reads of `/updates`) are all issued before any
-//! is awaited (a join), so a 20-query request is one batch, not 20 round trips.
+//! is awaited (a join), so a 20-query request is one batch, not 20 round trips. `/updates`
+//! sends its bulk UPDATE in the same batch, after its reads: the new numbers do not depend
+//! on what the reads return, so the request is one round trip, not two, and PostgreSQL
+//! still runs every read before the write (one connection's statements run in order).
 //!
 //! # Which connection
 //! io-uring builds one [`Pipelined`] per tokio-uring runtime, with one connection: its
@@ -267,8 +270,26 @@ impl AsyncStore for Pipelined {
         let connection = self.connection().await?;
         let prepared = self.knobs.prepared;
         let ids: Vec<i32> = changes.iter().map(|w| w.id).collect();
+        let (sorted_ids, numbers) = bulk_update_arrays(changes);
+        if prepared && self.knobs.bulk_updates {
+            // One round trip: the reads and then the bulk write, in one batch. The new
+            // numbers do not depend on what the reads return, and PostgreSQL runs one
+            // connection's statements in the order they were sent, so every row is still
+            // read before it is written; the join polls the reads first, which is the order
+            // tokio-postgres sends them in. A failed read fails the request (503), as it
+            // would have before the write.
+            let params: [&(dyn ToSql + Sync); 2] = [&sorted_ids, &numbers];
+            let write = connection.query(
+                prepared,
+                &connection.statements.update_bulk,
+                sql::UPDATE_WORLDS_BULK,
+                &params,
+            );
+            futures_util::future::try_join(connection.worlds(prepared, &ids), write).await?;
+            return Ok(changes.to_vec());
+        }
         connection.worlds(prepared, &ids).await?;
-        let (ids, numbers) = bulk_update_arrays(changes);
+        let (ids, numbers) = (sorted_ids, numbers);
         if self.knobs.bulk_updates {
             connection
                 .query(
