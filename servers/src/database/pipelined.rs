@@ -193,16 +193,20 @@ impl Connection {
         rows.map_err(driver_error)
     }
 
+    /// One row by id: read straight from the answer's stream, without collecting a `Vec`
+    /// of rows for it (20 of these per `/queries?queries=20` request).
     async fn world(&self, prepared: bool, id: i32) -> Result<World, DatabaseError> {
-        let rows = self
-            .query(prepared, &self.statements.world, sql::SELECT_WORLD, &[&id])
-            .await?;
-        let row = rows
-            .first()
+        let row = if prepared {
+            self.client.query_opt(&self.statements.world, &[&id]).await
+        } else {
+            self.client.query_opt(sql::SELECT_WORLD, &[&id]).await
+        };
+        let row = row
+            .map_err(driver_error)?
             .ok_or_else(|| DatabaseError::Driver(format!("no world row {id}")))?;
         Ok(World {
-            id: column(row, 0)?,
-            random_number: column(row, 1)?,
+            id: column(&row, 0)?,
+            random_number: column(&row, 1)?,
         })
     }
 
