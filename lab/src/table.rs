@@ -72,6 +72,7 @@ pub fn render(run: &Run) -> String {
             }
         }
     }
+    let _ = writeln!(out, "\n{}", crate::report::BEST_SETUP);
     if run.config.tracer == "off" {
         return out;
     }

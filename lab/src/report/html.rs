@@ -490,6 +490,11 @@ fn throughput(o: &mut String, run: &Run, views: &[View]) {
         })
         .collect();
     o.push_str(&bar_chart("rps", "req/s", &rows));
+    let _ = writeln!(
+        o,
+        "<p class=\"muted small\">{}</p>",
+        esc(crate::report::BEST_SETUP)
+    );
     // Per second, first round of each variant.
     let series: Vec<Series> = views
         .iter()
