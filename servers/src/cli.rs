@@ -110,8 +110,8 @@ pub struct Args {
     pub queries_mode: QueriesMode,
 
     /// Database client of `epoll` and `io-uring`: `sqlx`, a pool of connections each lent
-    /// to one request at a time, or `pipelined`, one tokio-postgres connection per runtime
-    /// thread shared by all its requests, their queries pipelined.
+    /// to one request at a time, or `pipelined`, one connection per runtime thread shared
+    /// by all its requests, their queries pipelined (servers/src/database/pipelined/).
     #[arg(long, value_enum, default_value_t = DbClient::Sqlx)]
     pub db_client: DbClient,
 

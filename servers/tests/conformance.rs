@@ -484,3 +484,22 @@ conformance!(
     // listener and pipelined connection each.
     epoll_per_core_pipelined => "epoll+per-core+pipelined",
 );
+
+/// The pipelined client's other paths: statements parsed for one query and closed again
+/// (two round trips each), and `/updates` as one UPDATE per row, all in flight together.
+mod pipelined_knobs {
+    const SETUPS: [&str; 2] = [
+        "epoll+per-core+pipelined+unprepared+row-updates",
+        "io-uring+pipelined+unprepared",
+    ];
+
+    #[test]
+    fn db_queries_fortunes_and_updates() {
+        for setup in SETUPS {
+            super::db_route(setup);
+            super::queries_clamping(setup);
+            super::fortunes(setup);
+            super::updates_persist(setup);
+        }
+    }
+}

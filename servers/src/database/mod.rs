@@ -1,8 +1,9 @@
 //! The drivers that run `db`'s SQL for the servers.
 //!
 //! - [`sqlx_pool`]: async, for the epoll and io_uring variants (the default).
-//! - [`pipelined`]: async, tokio-postgres connections shared by all requests with their
-//!   queries pipelined (`--db-client pipelined`).
+//! - [`pipelined`]: async, this project's own client (over `postgres-protocol`):
+//!   connections shared by all requests with their queries pipelined (`--db-client
+//!   pipelined`).
 //! - [`blocking`]: the `postgres` crate, for thread-per-request and thread-pool.
 //!
 //! The SQL itself lives in the `db` crate; a driver only prepares and runs it.

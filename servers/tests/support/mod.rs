@@ -38,6 +38,10 @@ pub fn launch_options(setup: &str, database_url: &str) -> LaunchOptions {
         let flag: [&str; 2] = match part {
             "pipelined" => ["--db-client", "pipelined"],
             "per-core" => ["--runtime", "per-core"],
+            // The database workshop's knobs: statements parsed anew for every query, and
+            // one UPDATE per row.
+            "unprepared" => ["--prepared", "off"],
+            "row-updates" => ["--updates", "row"],
             other => panic!("unknown setup part {other:?} in {setup:?}"),
         };
         options.extra_args.extend(flag.map(String::from));

@@ -1,0 +1,329 @@
+//! One PostgreSQL connection that many requests use at once, their queries pipelined.
+//!
+//! A request encodes its query (Bind, Execute, Sync of a statement prepared when the
+//! connection opened) straight into the connection's output buffer and queues a reply slot
+//! behind those of the queries before it, under one short lock. A writer task sends
+//! whatever has accumulated in one `write`; a reader task parses the answers in its receive
+//! buffer and, at each query's ReadyForQuery, hands that query its row(s). PostgreSQL answers
+//! one connection's queries in the order they arrived, so the queue's order is the answers'.
+//!
+//! Why not tokio-postgres, which pipelines too: per query it sends a request through a
+//! channel to its connection task, gets a channel back, routes every backend message of the
+//! answer through that channel as an owned message, and builds a `Row` (an `Arc` of the
+//! statement and a list of column ranges) for each row: about 8-12k instructions per query
+//! in callgrind (docs/benchmarks.md), for work that is a few hundred. Here a query costs one
+//! lock, some 40 bytes appended, and one oneshot.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{oneshot, Notify};
+
+use super::wire;
+use crate::app::DatabaseError;
+use crate::render::{Fortune, World};
+
+/// What a query's rows are.
+#[derive(Clone, Copy, Debug)]
+pub enum Expect {
+    /// At most one `world` row.
+    World,
+    /// `fortune` rows.
+    Fortunes,
+    /// Rows, if any, are not read (updates, Parse, `SELECT 1`).
+    Nothing,
+}
+
+/// A query's answer, of the shape its [`Expect`] asked for.
+pub enum Answer {
+    World(Option<World>),
+    Fortunes(Vec<Fortune>),
+    Nothing,
+}
+
+type Outcome = Result<Answer, DatabaseError>;
+
+/// A query sent (or about to be) and not yet answered.
+struct Pending {
+    expect: Expect,
+    reply: oneshot::Sender<Outcome>,
+}
+
+/// The answer being read: its pending query, its rows so far, and its error if PostgreSQL
+/// sent one (the rest of the query's messages up to ReadyForQuery still follow).
+struct Reading {
+    pending: Pending,
+    answer: Answer,
+    error: Option<DatabaseError>,
+}
+
+struct State {
+    /// Queries encoded and not yet handed to the writer.
+    out: BytesMut,
+    /// One entry per Sync sent or in `out`, oldest first.
+    pending: VecDeque<Pending>,
+    /// Why the connection is unusable, once it is.
+    closed: Option<String>,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// Wakes the writer: `out` became non-empty, or the connection closed.
+    writer: Notify,
+}
+
+/// A connection whose tasks run on the runtime that opened it. Dropping the last handle
+/// closes it: the writer sends Terminate and both tasks end.
+pub struct Connection {
+    shared: Arc<Shared>,
+}
+
+/// The answer to one submitted query, to await.
+pub struct Reply(oneshot::Receiver<Outcome>);
+
+impl Connection {
+    /// Starts the reader and writer tasks on an open, authenticated connection. `received`
+    /// holds bytes read during start-up beyond its last message (normally none).
+    pub fn start<R, W>(reader: R, writer: W, received: BytesMut) -> Connection
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                out: BytesMut::with_capacity(8 * 1024),
+                pending: VecDeque::with_capacity(256),
+                closed: None,
+            }),
+            writer: Notify::new(),
+        });
+        tokio::spawn(read_answers(shared.clone(), reader, received));
+        tokio::spawn(write_queries(shared.clone(), writer));
+        Connection { shared }
+    }
+
+    /// Queues a query: `encode` appends its messages, ending with one Sync. It leaves in
+    /// the writer's next `write`, with every other query queued by then, in queue order.
+    pub fn submit(
+        &self,
+        expect: Expect,
+        encode: impl FnOnce(&mut BytesMut) -> Result<(), DatabaseError>,
+    ) -> Result<Reply, DatabaseError> {
+        let (reply, answer) = oneshot::channel();
+        let mut state = self.shared.lock();
+        if let Some(reason) = &state.closed {
+            return Err(DatabaseError::Driver(reason.clone()));
+        }
+        let was_empty = state.out.is_empty();
+        let before = state.out.len();
+        if let Err(error) = encode(&mut state.out) {
+            state.out.truncate(before);
+            return Err(error);
+        }
+        state.pending.push_back(Pending { expect, reply });
+        drop(state);
+        // When `out` was not empty the writer has been woken already and has not taken it.
+        if was_empty {
+            self.shared.writer.notify_one();
+        }
+        Ok(Reply(answer))
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.shared.lock().closed.is_some()
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.shared
+            .close("the database connection was closed".into());
+    }
+}
+
+impl Reply {
+    pub async fn answer(self) -> Outcome {
+        self.0.await.unwrap_or_else(|_| {
+            Err(DatabaseError::Driver(
+                "the database connection closed before answering".into(),
+            ))
+        })
+    }
+
+    pub async fn world(self, id: i32) -> Result<World, DatabaseError> {
+        match self.answer().await? {
+            Answer::World(Some(world)) => Ok(world),
+            _ => Err(DatabaseError::Driver(format!("no world row {id}"))),
+        }
+    }
+
+    pub async fn fortunes(self) -> Result<Vec<Fortune>, DatabaseError> {
+        match self.answer().await? {
+            Answer::Fortunes(fortunes) => Ok(fortunes),
+            _ => Err(DatabaseError::Driver("no fortunes answer".into())),
+        }
+    }
+
+    pub async fn done(self) -> Result<(), DatabaseError> {
+        self.answer().await.map(drop)
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Marks the connection closed and fails every query still waiting (the first reason
+    /// wins: a read error usually follows a write error).
+    fn close(&self, reason: String) {
+        let waiting = {
+            let mut state = self.lock();
+            state.closed.get_or_insert(reason.clone());
+            state.out.clear();
+            std::mem::take(&mut state.pending)
+        };
+        for pending in waiting {
+            let _ = pending
+                .reply
+                .send(Err(DatabaseError::Driver(reason.clone())));
+        }
+        self.writer.notify_one();
+    }
+
+    fn next_pending(&self) -> Option<Pending> {
+        self.lock().pending.pop_front()
+    }
+}
+
+/// The writer task: sends what has accumulated, then waits for more.
+async fn write_queries<W: AsyncWrite + Unpin>(shared: Arc<Shared>, mut writer: W) {
+    let mut batch = BytesMut::with_capacity(8 * 1024);
+    loop {
+        shared.writer.notified().await;
+        {
+            let mut state = shared.lock();
+            if state.closed.is_some() {
+                break;
+            }
+            std::mem::swap(&mut state.out, &mut batch);
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        if let Err(error) = writer.write_all(&batch).await {
+            shared.close(format!("writing to PostgreSQL: {error}"));
+            return;
+        }
+        batch.clear();
+    }
+    // Closed on purpose (dropped) or after a read error: say goodbye, so that PostgreSQL
+    // does not log an unexpected EOF; dropping the write half then shuts the socket down.
+    let mut terminate = BytesMut::new();
+    postgres_protocol::message::frontend::terminate(&mut terminate);
+    let _ = writer.write_all(&terminate).await;
+    let _ = writer.shutdown().await;
+}
+
+/// The reader task: matches each answer to its query, in order.
+async fn read_answers<R: AsyncRead + Unpin>(shared: Arc<Shared>, mut reader: R, mut buf: BytesMut) {
+    let mut reading: Option<Reading> = None;
+    let reason = loop {
+        if let Err(reason) = take_messages(&shared, &mut buf, &mut reading) {
+            break reason;
+        }
+        let wanted = wire::announced_length(&buf).unwrap_or(0).max(16 * 1024);
+        buf.reserve(wanted.saturating_sub(buf.len()));
+        match reader.read_buf(&mut buf).await {
+            Ok(0) => break "PostgreSQL closed the connection".to_string(),
+            Ok(_) => {}
+            Err(error) => break format!("reading from PostgreSQL: {error}"),
+        }
+    };
+    if let Some(reading) = reading {
+        let _ = reading
+            .pending
+            .reply
+            .send(Err(DatabaseError::Driver(reason.clone())));
+    }
+    shared.close(reason);
+}
+
+/// Handles every complete message in `buf` and drops them from it.
+fn take_messages(
+    shared: &Shared,
+    buf: &mut BytesMut,
+    reading: &mut Option<Reading>,
+) -> Result<(), String> {
+    let mut used = 0;
+    while let Some((tag, body, length)) = wire::next_message(&buf[used..])? {
+        match tag {
+            // Not part of any query's answer: settings changing, notices, notifications.
+            b'S' | b'N' | b'A' => {}
+            b'Z' => {
+                let done = match reading.take() {
+                    Some(done) => done,
+                    None => start_reading(shared)?,
+                };
+                let outcome = match done.error {
+                    Some(error) => Err(error),
+                    None => Ok(done.answer),
+                };
+                // The request may have given up (client gone, deadline): nobody to tell.
+                let _ = done.pending.reply.send(outcome);
+            }
+            b'E' if reading.is_none() && shared.lock().pending.is_empty() => {
+                // An error outside any query: the backend is going away (administrator
+                // shutdown, idle timeout).
+                return Err(wire::error_text(body));
+            }
+            _ => {
+                if reading.is_none() {
+                    *reading = Some(start_reading(shared)?);
+                }
+                let current = reading.as_mut().expect("set above");
+                match tag {
+                    b'E' => current.error = Some(DatabaseError::Driver(wire::error_text(body))),
+                    b'D' if current.error.is_none() => {
+                        if let Err(error) = add_row(&mut current.answer, body) {
+                            current.error = Some(error);
+                        }
+                    }
+                    // ParseComplete, BindComplete, CloseComplete, CommandComplete, NoData,
+                    // descriptions, PortalSuspended, EmptyQueryResponse: nothing to keep.
+                    _ => {}
+                }
+            }
+        }
+        used += length;
+    }
+    buf.advance(used);
+    Ok(())
+}
+
+fn start_reading(shared: &Shared) -> Result<Reading, String> {
+    let pending = shared
+        .next_pending()
+        .ok_or_else(|| "PostgreSQL answered a query that was not sent".to_string())?;
+    let answer = match pending.expect {
+        Expect::World => Answer::World(None),
+        Expect::Fortunes => Answer::Fortunes(Vec::with_capacity(16)),
+        Expect::Nothing => Answer::Nothing,
+    };
+    Ok(Reading {
+        pending,
+        answer,
+        error: None,
+    })
+}
+
+fn add_row(answer: &mut Answer, body: &[u8]) -> Result<(), DatabaseError> {
+    match answer {
+        Answer::World(row) => *row = Some(wire::world_row(body)?),
+        Answer::Fortunes(rows) => rows.push(wire::fortune_row(body)?),
+        Answer::Nothing => {}
+    }
+    Ok(())
+}
