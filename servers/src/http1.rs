@@ -125,22 +125,22 @@ pub fn write_response(out: &mut Vec<u8>, response: &Response, request: &Request<
 /// Appends a response's status line and headers only (`--write-mode split` sends the
 /// body in a write of its own).
 pub fn write_head(out: &mut Vec<u8>, response: &Response, request: &Request<'_>) {
-    use std::io::Write;
-    let date = crate::date::now();
-    let _ = write!(
-        out,
-        "HTTP/1.1 {} {}\r\nServer: {}\r\nDate: ",
-        response.status,
-        app::reason(response.status),
-        app::SERVER_NAME
-    );
-    out.extend_from_slice(&date);
-    let _ = write!(
-        out,
-        "\r\nContent-Type: {}\r\nContent-Length: {}\r\n",
-        response.content_type,
-        response.body.len()
-    );
+    // Pieces appended and numbers through `itoa`: `write!` and its formatting machinery
+    // were 5% of the io-uring variant's instructions per /db request.
+    let mut number = itoa::Buffer::new();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(number.format(response.status).as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(app::reason(response.status).as_bytes());
+    out.extend_from_slice(b"\r\nServer: ");
+    out.extend_from_slice(app::SERVER_NAME.as_bytes());
+    out.extend_from_slice(b"\r\nDate: ");
+    out.extend_from_slice(&crate::date::now());
+    out.extend_from_slice(b"\r\nContent-Type: ");
+    out.extend_from_slice(response.content_type.as_bytes());
+    out.extend_from_slice(b"\r\nContent-Length: ");
+    out.extend_from_slice(number.format(response.body.len()).as_bytes());
+    out.extend_from_slice(b"\r\n");
     if response.status == 405 {
         out.extend_from_slice(b"Allow: GET\r\n");
     }

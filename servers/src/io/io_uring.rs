@@ -47,6 +47,7 @@ use std::io;
 use std::marker::PhantomData;
 use std::net::Shutdown;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
@@ -448,15 +449,15 @@ impl std::future::Future for Read {
     type Output = (io::Result<usize>, Vec<u8>);
 
     fn poll(
-        self: std::pin::Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Self::Output> {
         match self.get_mut() {
-            Read::Plain(recv) => std::pin::Pin::new(recv)
+            Read::Plain(recv) => Pin::new(recv)
                 .poll(cx)
                 .map(|(result, buffer)| (result, buffer.into_inner())),
             Read::Fixed(read, input) => {
-                let (result, buf) = std::task::ready!(std::pin::Pin::new(read).poll(cx));
+                let (result, buf) = std::task::ready!(Pin::new(read).poll(cx));
                 let mut input = input.take().expect("a read polled after it completed");
                 if let Ok(n) = result {
                     // The copy the registered buffer costs in this design: the codec
@@ -477,6 +478,11 @@ async fn serve_connection(socket: RingSocket, runtime: Rc<Runtime>) {
     let mut waiting_since = Instant::now();
     let timer = tokio::time::sleep(runtime.header_timeout);
     tokio::pin!(timer);
+    // One send timer for the connection's life, pushed forward for each write: moving a
+    // registered timer later is an atomic store in tokio, where a new timer per write was
+    // an insertion into the timer wheel and a removal (with their locks and clock reads).
+    let send_timer = tokio::time::sleep(runtime.send_timeout);
+    tokio::pin!(send_timer);
 
     let end = 'connection: loop {
         // Answer every complete request in the buffer, in order, into one batch.
@@ -494,12 +500,14 @@ async fn serve_connection(socket: RingSocket, runtime: Rc<Runtime>) {
                     if runtime.split_writes {
                         // `--write-mode split`: head and body in two SENDs of their own.
                         http1::write_head(&mut output, &response, &framed);
-                        let (mut sent, buffer) = send_all(&socket, output, &runtime).await;
+                        let (mut sent, buffer) =
+                            send_all(&socket, output, &runtime, send_timer.as_mut()).await;
                         output = buffer;
                         output.clear();
                         if sent.is_ok() {
                             output.extend_from_slice(&response.body);
-                            let (body_sent, buffer) = send_all(&socket, output, &runtime).await;
+                            let (body_sent, buffer) =
+                                send_all(&socket, output, &runtime, send_timer.as_mut()).await;
                             (sent, output) = (body_sent, buffer);
                             output.clear();
                         }
@@ -529,7 +537,7 @@ async fn serve_connection(socket: RingSocket, runtime: Rc<Runtime>) {
             waiting_since = Instant::now();
         }
         if !output.is_empty() {
-            let (sent, buffer) = send_all(&socket, output, &runtime).await;
+            let (sent, buffer) = send_all(&socket, output, &runtime, send_timer.as_mut()).await;
             output = buffer;
             output.clear();
             if output.capacity() > WRITE_KEEP {
@@ -554,7 +562,13 @@ async fn serve_connection(socket: RingSocket, runtime: Rc<Runtime>) {
             let room = input.capacity().min(READ_LIMIT - input.capacity());
             if room == 0 {
                 METRICS.record("bad_request", 431, Duration::ZERO);
-                let (_, buffer) = send_all(&socket, app::error_response_bytes(431), &runtime).await;
+                let (_, buffer) = send_all(
+                    &socket,
+                    app::error_response_bytes(431),
+                    &runtime,
+                    send_timer.as_mut(),
+                )
+                .await;
                 drop(buffer);
                 break 'connection End::Linger(Drain::Buffer(std::mem::take(&mut input)));
             }
@@ -581,7 +595,8 @@ async fn serve_connection(socket: RingSocket, runtime: Rc<Runtime>) {
                 _ = &mut timer => {
                     // Slow or silent client: 408, with the read still pending.
                     METRICS.record("bad_request", 408, Duration::ZERO);
-                    let (_, buffer) = send_all(&socket, app::error_response_bytes(408), &runtime).await;
+                    let (_, buffer) = send_all(&socket, app::error_response_bytes(408), &runtime, send_timer.as_mut())
+                        .await;
                     drop(buffer);
                     break 'connection End::Linger(Drain::Pending(read));
                 }
@@ -665,6 +680,7 @@ async fn send_all(
     socket: &RingSocket,
     buffer: Vec<u8>,
     runtime: &Runtime,
+    mut timer: Pin<&mut tokio::time::Sleep>,
 ) -> (io::Result<()>, Vec<u8>) {
     let timeout = runtime.send_timeout;
     let registered = runtime.registered.as_ref();
@@ -685,6 +701,7 @@ async fn send_all(
             let (result, returned) = bounded(
                 socket,
                 socket.write_fixed(fixed, sent, total - sent),
+                timer.as_mut(),
                 timeout,
             )
             .await;
@@ -696,7 +713,13 @@ async fn send_all(
         return (Ok(()), buffer);
     }
     while sent < total {
-        let (result, slice) = bounded(socket, socket.send(buffer.slice(sent..)), timeout).await;
+        let (result, slice) = bounded(
+            socket,
+            socket.send(buffer.slice(sent..)),
+            timer.as_mut(),
+            timeout,
+        )
+        .await;
         buffer = slice.into_inner();
         if let Err(error) = progress(result, &mut sent) {
             return (Err(error), buffer);
@@ -722,12 +745,14 @@ fn progress(result: io::Result<usize>, sent: &mut usize) -> io::Result<()> {
 async fn bounded<B: BoundedBuf + Unpin>(
     socket: &RingSocket,
     mut write: InFlightOneshot<Held<B>, SendDone<B>>,
+    mut timer: Pin<&mut tokio::time::Sleep>,
     timeout: Duration,
 ) -> (io::Result<usize>, B) {
+    timer.as_mut().reset(tokio::time::Instant::now() + timeout);
     tokio::select! {
         biased;
         done = &mut write => done,
-        _ = tokio::time::sleep(timeout) => {
+        _ = timer => {
             let _ = socket.cancel_all().await;
             let (_, buf) = write.await;
             (Err(io::ErrorKind::TimedOut.into()), buf)
