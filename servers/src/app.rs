@@ -261,6 +261,11 @@ pub trait AsyncStore: Sync {
     fn ping(&self) -> impl Future<Output = Result<(), DatabaseError>> + Send;
     /// Pool connections (in use, idle), for `/metrics`.
     fn pool_state(&self) -> (usize, usize);
+    /// Whether the store fails a query that waits over [`DATABASE_DEADLINE`] by itself, so
+    /// that [`respond`] need not arm a timer of its own per request.
+    fn keeps_deadline(&self) -> bool {
+        false
+    }
 }
 
 /// The database as the blocking variants see it: the same operations as [`AsyncStore`],

@@ -362,22 +362,29 @@ fn assert_database_down(addr: std::net::SocketAddr) {
     assert_eq!(http.get("/json").status, 200);
 }
 
-/// Start-up with the database down, recovery, an outage while serving, recovery again.
-/// The database here is a private cluster of this test, so stopping it disturbs no other.
-fn database_outage(variant: &str) {
-    // A cluster of this test alone: its own directory and a port the kernel says is free.
+/// A cluster of one test alone, up: its own directory and a port the kernel says is free.
+fn private_cluster(purpose: &str, setup: &str) -> Cluster {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
     let name = format!(
-        "outage-{}-{}",
-        variant.replace('+', "-"),
+        "{purpose}-{}-{}",
+        setup.replace('+', "-"),
         std::process::id()
     );
     let cluster = Cluster::new(ClusterConfig::scratch(&name, port)).expect("PostgreSQL");
-    cluster.up().expect("initialising the outage cluster");
+    cluster
+        .up()
+        .unwrap_or_else(|e| panic!("initialising the {purpose} cluster: {e:#}"));
+    cluster
+}
+
+/// Start-up with the database down, recovery, an outage while serving, recovery again.
+/// The database here is a private cluster of this test, so stopping it disturbs no other.
+fn database_outage(variant: &str) {
+    let cluster = private_cluster("outage", variant);
     cluster.down().expect("stopping it");
 
     let server = support::start_with(support::launch_options(variant, &cluster.config().url()));
@@ -501,5 +508,101 @@ mod pipelined_knobs {
             super::fortunes(setup);
             super::updates_persist(setup);
         }
+    }
+}
+
+/// A database that stops answering without closing anything (every PostgreSQL process of a
+/// private cluster stopped with SIGSTOP: the sockets stay open, nothing comes back). A
+/// request gets 503 "no answer within 5 s" once the deadline passes, `/plaintext` is served
+/// meanwhile, and once the processes continue the database routes recover.
+fn database_stops_answering(setup: &str) {
+    let cluster = private_cluster("stall", setup);
+    let server = support::start_with(support::launch_options(setup, &cluster.config().url()));
+    let addr = server.addr();
+    assert_eq!(
+        wait_for_status(addr, "/db", 200, Duration::from_secs(30)).status,
+        200
+    );
+    // Every runtime's connections open (the kernel spreads new client connections over
+    // io-uring's runtimes; epoll's requests take the shared connections in turn), so that
+    // the stalled request waits on an open connection rather than on connecting.
+    for _ in 0..16 {
+        assert_eq!(get(addr, "/db").status, 200);
+    }
+
+    let processes = cluster_processes(&cluster.config().data_dir);
+    signal_all(&processes, nix::sys::signal::Signal::SIGSTOP);
+    let started = Instant::now();
+    let reply = std::thread::scope(|scope| {
+        let stalled = scope.spawn(|| get(addr, "/db"));
+        // The server keeps serving what needs no database while a query hangs.
+        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(get(addr, "/plaintext").status, 200);
+        stalled.join().unwrap()
+    });
+    let waited = started.elapsed();
+    signal_all(&processes, nix::sys::signal::Signal::SIGCONT);
+    assert_eq!(reply.status, 503, "{:?}", reply.text());
+    assert!(
+        reply.text().contains("no answer within 5 s"),
+        "{:?}",
+        reply.text()
+    );
+    // Not a wall-clock assertion on speed: the 503 must not come before the deadline.
+    assert!(waited >= Duration::from_secs(4), "503 after {waited:?}");
+
+    assert_eq!(
+        wait_for_status(addr, "/db", 200, Duration::from_secs(30)).status,
+        200,
+        "no recovery once PostgreSQL continued"
+    );
+    assert_eq!(get(addr, "/fortunes").status, 200);
+    let status = server
+        .stop(Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(status.success());
+    cluster.destroy().expect("removing the stall cluster");
+}
+
+/// The postmaster of the cluster in `data_dir` (first line of `postmaster.pid`) and its
+/// children (the backends and background workers).
+fn cluster_processes(data_dir: &std::path::Path) -> Vec<i32> {
+    let text = std::fs::read_to_string(data_dir.join("postmaster.pid")).expect("postmaster.pid");
+    let postmaster: i32 = text.lines().next().unwrap().trim().parse().unwrap();
+    let mut processes = vec![postmaster];
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...: the command may hold spaces, so split after ')'.
+        let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+        let parent = after.split_whitespace().nth(1).and_then(|p| p.parse().ok());
+        if parent == Some(postmaster) {
+            processes.push(entry.file_name().to_string_lossy().parse().unwrap());
+        }
+    }
+    processes
+}
+
+fn signal_all(processes: &[i32], signal: nix::sys::signal::Signal) {
+    for &pid in processes {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
+    }
+}
+
+/// The async setups' deadline: sqlx's pool under the route's own timer, the pipelined
+/// client under its connection's.
+mod database_stops_answering {
+    #[test]
+    fn epoll() {
+        super::database_stops_answering("epoll")
+    }
+    #[test]
+    fn epoll_pipelined() {
+        super::database_stops_answering("epoll+pipelined")
+    }
+    #[test]
+    fn io_uring_pipelined() {
+        super::database_stops_answering("io-uring+pipelined")
     }
 }

@@ -116,4 +116,11 @@ impl AsyncStore for AsyncDatabase {
             AsyncDatabase::Pipelined(shared) => shared.pool_state(),
         }
     }
+
+    fn keeps_deadline(&self) -> bool {
+        match self {
+            AsyncDatabase::Sqlx(pool) => pool.keeps_deadline(),
+            AsyncDatabase::Pipelined(shared) => shared.keeps_deadline(),
+        }
+    }
 }

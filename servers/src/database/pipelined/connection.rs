@@ -16,13 +16,14 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{oneshot, Notify};
 
 use super::wire;
-use crate::app::DatabaseError;
+use crate::app::{DatabaseError, DATABASE_DEADLINE};
 use crate::render::{Fortune, World};
 
 /// What a query's rows are.
@@ -65,7 +66,10 @@ struct State {
     /// One entry per Sync sent or in `out`, oldest first.
     pending: VecDeque<Pending>,
     /// Why the connection is unusable, once it is.
-    closed: Option<String>,
+    closed: Option<DatabaseError>,
+    /// When `pending` last went from empty to not empty: the deadline counts from then or
+    /// from the last answer bytes, whichever is later.
+    busy_since: Instant,
 }
 
 struct Shared {
@@ -96,6 +100,7 @@ impl Connection {
                 out: BytesMut::with_capacity(8 * 1024),
                 pending: VecDeque::with_capacity(256),
                 closed: None,
+                busy_since: Instant::now(),
             }),
             writer: Notify::new(),
         });
@@ -113,8 +118,12 @@ impl Connection {
     ) -> Result<Reply, DatabaseError> {
         let (reply, answer) = oneshot::channel();
         let mut state = self.shared.lock();
-        if let Some(reason) = &state.closed {
-            return Err(DatabaseError::Driver(reason.clone()));
+        if let Some(error) = &state.closed {
+            return Err(error.clone());
+        }
+        if state.pending.is_empty() {
+            // One clock read when the connection turns busy, none per query under load.
+            state.busy_since = Instant::now();
         }
         let was_empty = state.out.is_empty();
         let before = state.out.len();
@@ -138,8 +147,9 @@ impl Connection {
 
 impl Drop for Connection {
     fn drop(&mut self) {
-        self.shared
-            .close("the database connection was closed".into());
+        self.shared.close(DatabaseError::Driver(
+            "the database connection was closed".into(),
+        ));
     }
 }
 
@@ -178,17 +188,15 @@ impl Shared {
 
     /// Marks the connection closed and fails every query still waiting (the first reason
     /// wins: a read error usually follows a write error).
-    fn close(&self, reason: String) {
+    fn close(&self, error: DatabaseError) {
         let waiting = {
             let mut state = self.lock();
-            state.closed.get_or_insert(reason.clone());
+            state.closed.get_or_insert(error.clone());
             state.out.clear();
             std::mem::take(&mut state.pending)
         };
         for pending in waiting {
-            let _ = pending
-                .reply
-                .send(Err(DatabaseError::Driver(reason.clone())));
+            let _ = pending.reply.send(Err(error.clone()));
         }
         self.writer.notify_one();
     }
@@ -214,7 +222,9 @@ async fn write_queries<W: AsyncWrite + Unpin>(shared: Arc<Shared>, mut writer: W
             continue;
         }
         if let Err(error) = writer.write_all(&batch).await {
-            shared.close(format!("writing to PostgreSQL: {error}"));
+            shared.close(DatabaseError::Driver(format!(
+                "writing to PostgreSQL: {error}"
+            )));
             return;
         }
         batch.clear();
@@ -227,28 +237,53 @@ async fn write_queries<W: AsyncWrite + Unpin>(shared: Arc<Shared>, mut writer: W
     let _ = writer.shutdown().await;
 }
 
-/// The reader task: matches each answer to its query, in order.
+/// The reader task: matches each answer to its query, in order, and keeps the deadline.
+///
+/// The deadline ([`DATABASE_DEADLINE`]) is the connection's, not each request's: when
+/// queries are waiting and PostgreSQL has sent nothing for that long (a stopped backend,
+/// a lost network), every waiting query fails with `Timeout` (503) and the connection is
+/// closed; the next request opens a new one. A request's own timer would cost a timer-wheel
+/// insertion and removal per request; this one is a timer per connection, looked at when it
+/// fires (every few seconds at most) and otherwise left alone.
 async fn read_answers<R: AsyncRead + Unpin>(shared: Arc<Shared>, mut reader: R, mut buf: BytesMut) {
     let mut reading: Option<Reading> = None;
-    let reason = loop {
+    let mut last_answer = Instant::now();
+    let watchdog = tokio::time::sleep(DATABASE_DEADLINE);
+    tokio::pin!(watchdog);
+    let error = loop {
         if let Err(reason) = take_messages(&shared, &mut buf, &mut reading) {
-            break reason;
+            break DatabaseError::Driver(reason);
         }
         let wanted = wire::announced_length(&buf).unwrap_or(0).max(16 * 1024);
         buf.reserve(wanted.saturating_sub(buf.len()));
-        match reader.read_buf(&mut buf).await {
-            Ok(0) => break "PostgreSQL closed the connection".to_string(),
-            Ok(_) => {}
-            Err(error) => break format!("reading from PostgreSQL: {error}"),
+        tokio::select! {
+            biased;
+            // Cancel-safe: a read that has not completed has taken no bytes.
+            read = reader.read_buf(&mut buf) => match read {
+                Ok(0) => break DatabaseError::Driver("PostgreSQL closed the connection".into()),
+                Ok(_) => last_answer = Instant::now(),
+                Err(error) => break DatabaseError::Driver(format!("reading from PostgreSQL: {error}")),
+            },
+            () = &mut watchdog => {
+                let (waiting, busy_since) = {
+                    let state = shared.lock();
+                    (!state.pending.is_empty() || reading.is_some(), state.busy_since)
+                };
+                let quiet_since = last_answer.max(busy_since);
+                if waiting && quiet_since.elapsed() >= DATABASE_DEADLINE {
+                    break DatabaseError::Timeout;
+                }
+                let next = if waiting { quiet_since } else { Instant::now() };
+                watchdog
+                    .as_mut()
+                    .reset(tokio::time::Instant::from_std(next + DATABASE_DEADLINE));
+            }
         }
     };
     if let Some(reading) = reading {
-        let _ = reading
-            .pending
-            .reply
-            .send(Err(DatabaseError::Driver(reason.clone())));
+        let _ = reading.pending.reply.send(Err(error.clone()));
     }
-    shared.close(reason);
+    shared.close(error);
 }
 
 /// Handles every complete message in `buf` and drops them from it.

@@ -309,4 +309,9 @@ impl AsyncStore for Pipelined {
         let open = self.slots.iter().filter(|s| s.open().is_some()).count();
         (open, 0)
     }
+
+    /// Each connection's reader fails what waits past the deadline (`connection`).
+    fn keeps_deadline(&self) -> bool {
+        true
+    }
 }
