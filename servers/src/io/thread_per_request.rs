@@ -77,8 +77,11 @@ pub fn run(args: &Args) -> Result<()> {
                     };
                     let accepted = std::time::Instant::now();
                     // At the limit, a thread waiting for a quiet client is freed for this
-                    // one (it ends at once, so the limit is passed only for that moment).
-                    if live.load(Ordering::Relaxed) >= max_threads && connections.shed(1).shed == 0
+                    // one, and this one starts once that one has ended: a busy machine can
+                    // take a while to schedule the freed thread's exit, and spawning at once
+                    // passed the limit by dozens of threads (2,000 idle clients against 512).
+                    if live.load(Ordering::Relaxed) >= max_threads
+                        && (connections.shed(1).shed == 0 || !below_limit(&live, max_threads))
                     {
                         blocking::refuse(stream);
                         continue;
@@ -104,3 +107,19 @@ pub fn run(args: &Args) -> Result<()> {
     connections.drain(super::SHUTDOWN_GRACE);
     Ok(())
 }
+
+/// Waits (at most [`SHED_WAIT`]) for a shed connection's thread to end and bring the live
+/// count under `max_threads`.
+fn below_limit(live: &AtomicUsize, max_threads: usize) -> bool {
+    let deadline = std::time::Instant::now() + SHED_WAIT;
+    while live.load(Ordering::Relaxed) >= max_threads {
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_micros(200));
+    }
+    true
+}
+
+/// How long a new connection waits for the thread it freed; past it, it is refused.
+const SHED_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
