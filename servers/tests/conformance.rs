@@ -363,7 +363,28 @@ fn assert_database_down(addr: std::net::SocketAddr) {
 }
 
 /// A cluster of one test alone, up: its own directory and a port the kernel says is free.
-fn private_cluster(purpose: &str, setup: &str) -> Cluster {
+/// Removed when the test ends, passed or failed: a failing test must not leave a
+/// PostgreSQL running.
+struct PrivateCluster(Option<Cluster>);
+
+impl std::ops::Deref for PrivateCluster {
+    type Target = Cluster;
+    fn deref(&self) -> &Cluster {
+        self.0.as_ref().expect("removed only on drop")
+    }
+}
+
+impl Drop for PrivateCluster {
+    fn drop(&mut self) {
+        if let Some(cluster) = self.0.take() {
+            if let Err(error) = cluster.destroy() {
+                eprintln!("removing a test's private cluster: {error:#}");
+            }
+        }
+    }
+}
+
+fn private_cluster(purpose: &str, setup: &str) -> PrivateCluster {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -375,6 +396,7 @@ fn private_cluster(purpose: &str, setup: &str) -> Cluster {
         std::process::id()
     );
     let cluster = Cluster::new(ClusterConfig::scratch(&name, port)).expect("PostgreSQL");
+    let cluster = PrivateCluster(Some(cluster));
     cluster
         .up()
         .unwrap_or_else(|e| panic!("initialising the {purpose} cluster: {e:#}"));
@@ -432,7 +454,6 @@ fn database_outage(variant: &str) {
         .stop(Duration::from_secs(20))
         .unwrap_or_else(|e| panic!("{e:#}"));
     assert!(status.success());
-    cluster.destroy().expect("removing the outage cluster");
 }
 
 /// Reading rows back, to check what the server claims against the database itself.
@@ -531,6 +552,9 @@ fn database_stops_answering(setup: &str) {
     }
 
     let processes = cluster_processes(&cluster.config().data_dir);
+    // Continued however the test ends (declared after the cluster, so dropped before it:
+    // a stopped PostgreSQL cannot be shut down).
+    let _resume = Resume(processes.clone());
     signal_all(&processes, nix::sys::signal::Signal::SIGSTOP);
     let started = Instant::now();
     let reply = std::thread::scope(|scope| {
@@ -561,7 +585,6 @@ fn database_stops_answering(setup: &str) {
         .stop(Duration::from_secs(20))
         .unwrap_or_else(|e| panic!("{e:#}"));
     assert!(status.success());
-    cluster.destroy().expect("removing the stall cluster");
 }
 
 /// The postmaster of the cluster in `data_dir` (first line of `postmaster.pid`) and its
@@ -582,6 +605,14 @@ fn cluster_processes(data_dir: &std::path::Path) -> Vec<i32> {
         }
     }
     processes
+}
+
+struct Resume(Vec<i32>);
+
+impl Drop for Resume {
+    fn drop(&mut self) {
+        signal_all(&self.0, nix::sys::signal::Signal::SIGCONT);
+    }
 }
 
 fn signal_all(processes: &[i32], signal: nix::sys::signal::Signal) {
