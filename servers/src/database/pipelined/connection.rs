@@ -15,6 +15,7 @@
 //! lock, some 40 bytes appended, and one oneshot.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -76,6 +77,9 @@ struct Shared {
     state: Mutex<State>,
     /// Wakes the writer: `out` became non-empty, or the connection closed.
     writer: Notify,
+    /// `state.closed.is_some()`, readable without the lock: every request asks whether
+    /// its connection is still open before using it.
+    is_closed: AtomicBool,
 }
 
 /// A connection whose tasks run on the runtime that opened it. Dropping the last handle
@@ -103,6 +107,7 @@ impl Connection {
                 busy_since: Instant::now(),
             }),
             writer: Notify::new(),
+            is_closed: AtomicBool::new(false),
         });
         tokio::spawn(read_answers(shared.clone(), reader, received));
         tokio::spawn(write_queries(shared.clone(), writer));
@@ -141,7 +146,7 @@ impl Connection {
     }
 
     pub fn is_closed(&self) -> bool {
-        self.shared.lock().closed.is_some()
+        self.shared.is_closed.load(Ordering::Acquire)
     }
 }
 
@@ -192,6 +197,7 @@ impl Shared {
         let waiting = {
             let mut state = self.lock();
             state.closed.get_or_insert(error.clone());
+            self.is_closed.store(true, Ordering::Release);
             state.out.clear();
             std::mem::take(&mut state.pending)
         };
