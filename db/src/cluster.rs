@@ -117,6 +117,42 @@ impl ClusterConfig {
         }
     }
 
+    /// The server running in this data directory, when one does.
+    pub fn postmaster(&self) -> Option<Postmaster> {
+        Postmaster::read(&self.data_dir).filter(Postmaster::alive)
+    }
+
+    /// This cluster as it runs: on the port its server listens on when one runs in the data
+    /// directory (a cluster started with another `LAB_PGPORT` keeps that port until it is
+    /// stopped), else as configured.
+    pub fn as_running(&self) -> ClusterConfig {
+        self.with_postmaster(self.postmaster())
+    }
+
+    fn with_postmaster(&self, postmaster: Option<Postmaster>) -> ClusterConfig {
+        ClusterConfig {
+            port: postmaster.and_then(|p| p.port).unwrap_or(self.port),
+            ..self.clone()
+        }
+    }
+
+    /// What to tell a user when the server in this data directory (`running`, from
+    /// [`Self::as_running`]) listens on another port than this configuration asks for:
+    /// both ports, which one the lab uses, and how to move it. None when they agree.
+    pub fn port_notice(&self, running: &ClusterConfig) -> Option<String> {
+        (running.port != self.port).then(|| {
+            format!(
+                "the PostgreSQL in {dir} already runs on port {running}, not on port {asked} \
+                 as LAB_PGPORT (default {DEFAULT_PORT}) asks: using port {running}. To move \
+                 it to port {asked}: `lab db down`, then `lab db up`; to keep port {running} \
+                 and silence this: set LAB_PGPORT={running}.",
+                dir = self.data_dir.display(),
+                running = running.port,
+                asked = self.port,
+            )
+        })
+    }
+
     /// The `DATABASE_URL` of this cluster's benchmark database.
     pub fn url(&self) -> String {
         format!(
@@ -151,6 +187,32 @@ fn env_path(name: &str) -> Option<PathBuf> {
 
 fn env_port(name: &str) -> Option<u16> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
+/// The server running in a data directory, as its `postmaster.pid` says: PostgreSQL writes
+/// its pid on the first line and the port it listens on on the fourth.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Postmaster {
+    pub pid: u32,
+    /// None when the file names none (it always does, from PostgreSQL 9.1 on).
+    pub port: Option<u16>,
+}
+
+impl Postmaster {
+    fn read(data_dir: &Path) -> Option<Postmaster> {
+        let text = fs::read_to_string(data_dir.join("postmaster.pid")).ok()?;
+        let mut lines = text.lines();
+        let pid = lines.next()?.trim().parse().ok()?;
+        let port = lines.nth(2).and_then(|l| l.trim().parse().ok());
+        Some(Postmaster { pid, port })
+    }
+
+    /// A PostgreSQL that runs, not a pid left by a crash (gone, a zombie, or reused by
+    /// something that is not PostgreSQL).
+    fn alive(&self) -> bool {
+        let comm = fs::read_to_string(format!("/proc/{}/comm", self.pid)).unwrap_or_default();
+        matches!(comm.trim(), "postgres" | "postmaster") && !is_zombie(self.pid)
+    }
 }
 
 /// The directory holding `initdb`, `pg_ctl` and `postgres`: the installation's own, with
@@ -348,7 +410,10 @@ pub enum UpOutcome {
 /// What `lab db status` prints.
 #[derive(Debug, Clone)]
 pub struct Status {
+    /// As it runs ([`ClusterConfig::as_running`]).
     pub config: ClusterConfig,
+    /// Set when it runs on another port than configured ([`ClusterConfig::port_notice`]).
+    pub port_notice: Option<String>,
     pub initialised: bool,
     pub pid: Option<u32>,
     pub contents: Option<schema::Contents>,
@@ -380,26 +445,35 @@ impl Cluster {
 
     /// Initialises the data directory if needed, starts the server unless it already runs,
     /// creates the database, applies migrations and seeds. Returns once queries succeed.
+    /// A server that already runs keeps its port, which may not be the configured one: its
+    /// URL is [`ClusterConfig::as_running`]'s.
     pub fn up(&self) -> Result<UpOutcome> {
+        self.up_as_running().map(|(outcome, _)| outcome)
+    }
+
+    /// [`Self::up`], and the configuration the server runs with (its URL is the one to use).
+    pub fn up_as_running(&self) -> Result<(UpOutcome, ClusterConfig)> {
         let _lock = self.lock()?;
         if !self.initialised() {
             self.initdb()?;
         }
-        self.write_config()?;
-        let outcome = if self.running_pid().is_some() {
+        let running = self.running();
+        let live = self.config.with_postmaster(running);
+        self.write_config(&live)?;
+        let outcome = if running.is_some() {
             UpOutcome::AlreadyRunning
         } else {
             self.start()?;
             UpOutcome::Started
         };
-        block_on(prepare_database(&self.config))?;
+        block_on(prepare_database(&live))?;
         if self.binaries.pg_stat_statements().is_ok() {
-            crate::with_pool(&self.config.url(), |pool| async move {
+            crate::with_pool(&live.url(), |pool| async move {
                 schema::create_statement_stats(&pool).await
             })
             .context("creating pg_stat_statements in the benchmark database")?;
         }
-        Ok(outcome)
+        Ok((outcome, live))
     }
 
     /// Whether the cluster counts queries: the module installed, loaded by the running
@@ -417,16 +491,18 @@ impl Cluster {
                 )),
             };
         }
-        if self.running_pid().is_none() {
+        let Some(running) = self.running() else {
             return QueryCounting {
                 available: true,
                 enabled: false,
                 reason: Some("the server is not running: `lab db up`".into()),
             };
-        }
-        match crate::with_pool(&self.config.url(), |pool| async move {
-            schema::statement_stats(&pool).await
-        }) {
+        };
+        let url = self.config.with_postmaster(Some(running)).url();
+        match crate::with_pool(
+            &url,
+            |pool| async move { schema::statement_stats(&pool).await },
+        ) {
             Ok(stats) => QueryCounting::of_server(&stats, "`lab db down && lab db up`"),
             Err(e) => QueryCounting {
                 available: true,
@@ -442,7 +518,7 @@ impl Cluster {
     /// Returns false when it was not running.
     pub fn down(&self) -> Result<bool> {
         let _lock = self.lock()?;
-        if self.running_pid().is_none() {
+        if self.running().is_none() {
             return Ok(false);
         }
         let out = self.run_as_account(
@@ -469,24 +545,28 @@ impl Cluster {
 
     /// Re-seeds: every `world` row drawn anew, fortunes rewritten, statistics cleared.
     pub fn reset(&self) -> Result<()> {
-        self.up()?;
-        crate::with_pool(&self.config.url(), |pool| async move {
-            schema::reseed(&pool).await
-        })
+        let (_, live) = self.up_as_running()?;
+        crate::with_pool(
+            &live.url(),
+            |pool| async move { schema::reseed(&pool).await },
+        )
     }
 
     pub fn status(&self) -> Status {
-        let pid = self.running_pid();
-        let contents = pid.and_then(|_| {
-            crate::with_pool(&self.config.url(), |pool| async move {
-                schema::contents(&pool).await
-            })
+        let running = self.running();
+        let live = self.config.with_postmaster(running);
+        let contents = running.and_then(|_| {
+            crate::with_pool(
+                &live.url(),
+                |pool| async move { schema::contents(&pool).await },
+            )
             .ok()
         });
         Status {
-            config: self.config.clone(),
+            port_notice: self.config.port_notice(&live),
+            config: live,
             initialised: self.initialised(),
-            pid,
+            pid: running.map(|p| p.pid),
             contents,
             query_counting: self.query_counting(),
         }
@@ -500,27 +580,20 @@ impl Cluster {
         lock_file(&self.config.lock_path(), FlockArg::LockExclusive)
     }
 
-    /// The postmaster's pid when the server runs. A `postmaster.pid` left by a crash (its
-    /// pid gone, a zombie, or reused by something that is not PostgreSQL) is removed, so
-    /// the next start is not refused.
-    fn running_pid(&self) -> Option<u32> {
-        let pid_file = self.config.data_dir.join("postmaster.pid");
-        let text = fs::read_to_string(&pid_file).ok()?;
-        let pid: u32 = text.lines().next()?.trim().parse().ok()?;
-        let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-        if matches!(comm.trim(), "postgres" | "postmaster") && !is_zombie(pid) {
-            Some(pid)
-        } else {
-            // PostgreSQL would take a zombie's pid for a live server and refuse to start:
-            // remove its lock files (the data directory's and the socket's) ourselves.
-            let _ = fs::remove_file(&pid_file);
-            let _ = fs::remove_file(
-                self.config
-                    .data_dir
-                    .join(format!(".s.PGSQL.{}.lock", self.config.port)),
-            );
-            None
+    /// The postmaster when the server runs. A `postmaster.pid` left by a crash (its pid
+    /// gone, a zombie, or reused by something that is not PostgreSQL) is removed, so the
+    /// next start is not refused.
+    fn running(&self) -> Option<Postmaster> {
+        let postmaster = Postmaster::read(&self.config.data_dir)?;
+        if postmaster.alive() {
+            return Some(postmaster);
         }
+        // PostgreSQL would take a zombie's pid for a live server and refuse to start:
+        // remove its lock files (the data directory's and the socket's) ourselves.
+        let _ = fs::remove_file(self.config.data_dir.join("postmaster.pid"));
+        let port = postmaster.port.unwrap_or(self.config.port);
+        let _ = fs::remove_file(self.config.data_dir.join(format!(".s.PGSQL.{port}.lock")));
+        None
     }
 
     fn initdb(&self) -> Result<()> {
@@ -568,7 +641,9 @@ impl Cluster {
         Ok(())
     }
 
-    fn write_config(&self) -> Result<()> {
+    /// Writes `pg_hba.conf` and the lab's settings for `live`: the configuration, or the
+    /// port of a server that already runs, so that the file says what the server does.
+    fn write_config(&self, live: &ClusterConfig) -> Result<()> {
         // Loopback, and the lab's own namespace link when it has one: nothing outside
         // this machine can reach the lab's database.
         let mut hba = String::from(
@@ -578,7 +653,7 @@ impl Cluster {
              host  all all 127.0.0.1/32 trust\n\
              host  all all ::1/128 trust\n",
         );
-        for net in &self.config.trusted {
+        for net in &live.trusted {
             hba.push_str(&format!("host  all all {net} trust\n"));
         }
         self.write_owned("pg_hba.conf", &hba)?;
@@ -596,9 +671,9 @@ impl Cluster {
              # As TechEmpower runs it: commits do not wait for the WAL flush.\n\
              synchronous_commit = off\n\
              {preload}",
-            listen = self.config.listen,
-            port = self.config.port,
-            dir = self.config.data_dir.display(),
+            listen = live.listen,
+            port = live.port,
+            dir = live.data_dir.display(),
         );
         self.write_owned("syscall-lab.conf", &text)
     }
@@ -767,4 +842,46 @@ fn block_on<T>(fut: impl std::future::Future<Output = Result<T>>) -> Result<T> {
         .enable_all()
         .build()?
         .block_on(fut)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn postmaster_pid_gives_the_pid_and_the_port() {
+        let dir = std::env::temp_dir().join(format!("syscall-lab-pid-file-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        // As PostgreSQL 15 writes it.
+        fs::write(
+            dir.join("postmaster.pid"),
+            "4242\n/data\n1700000000\n55491\n/data\n127.0.0.1\n  1234567         7\nready   \n",
+        )
+        .unwrap();
+        let read = Postmaster::read(&dir);
+        let _ = fs::remove_dir_all(&dir);
+        assert_eq!(
+            read,
+            Some(Postmaster {
+                pid: 4242,
+                port: Some(55491)
+            })
+        );
+    }
+
+    #[test]
+    fn the_port_notice_names_both_ports_when_they_differ() {
+        let asked = ClusterConfig::scratch("notice", DEFAULT_PORT);
+        assert_eq!(asked.port_notice(&asked), None);
+        let running = ClusterConfig {
+            port: 55491,
+            ..asked.clone()
+        };
+        let notice = asked.port_notice(&running).expect("a notice");
+        assert!(
+            notice.contains("runs on port 55491, not on port 54320")
+                && notice.contains("LAB_PGPORT=55491"),
+            "{notice}"
+        );
+    }
 }

@@ -19,7 +19,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use sqlx::postgres::PgPoolOptions;
 
-pub use cluster::{Cluster, ClusterConfig, QueryCounting, UpOutcome};
+pub use cluster::{Cluster, ClusterConfig, Postmaster, QueryCounting, UpOutcome};
 
 /// The database the lab and its tests talk to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,7 +53,9 @@ impl Database {
         READY
             .get_or_init(|| {
                 match Self::for_tests() {
-                    Database::Embedded(config) => last_user::join(&config).map(|_| config.url()),
+                    Database::Embedded(config) => {
+                        last_user::join(&config).map(|_| config.as_running().url())
+                    }
                     external => external.ensure_ready(),
                 }
                 .map_err(|e| format!("{e:#}"))
@@ -69,10 +71,21 @@ impl Database {
             .map(|url| Database::External { url })
     }
 
+    /// Its URL; for the lab's cluster, on the port its server listens on when it runs
+    /// ([`ClusterConfig::as_running`]).
     pub fn url(&self) -> String {
         match self {
             Database::External { url } => url.clone(),
-            Database::Embedded(config) => config.url(),
+            Database::Embedded(config) => config.as_running().url(),
+        }
+    }
+
+    /// When the lab's cluster runs on another port than `LAB_PGPORT` (or the default)
+    /// asks for: what to tell the user ([`ClusterConfig::port_notice`]).
+    pub fn port_notice(&self) -> Option<String> {
+        match self {
+            Database::External { .. } => None,
+            Database::Embedded(config) => config.port_notice(&config.as_running()),
         }
     }
 
@@ -89,8 +102,8 @@ impl Database {
                 Ok(url)
             }
             Database::Embedded(config) => {
-                Cluster::new(config.clone())?.up()?;
-                Ok(config.url())
+                let (_, live) = Cluster::new(config.clone())?.up_as_running()?;
+                Ok(live.url())
             }
         }
     }
