@@ -6,6 +6,10 @@
 //!
 //! `up` and `status` also say whether the database counts queries (pg_stat_statements),
 //! and what to install or restart when it does not.
+//!
+//! A cluster keeps the port it was started on until `down`: when it runs on another port
+//! than `LAB_PGPORT` (or the default) asks for, every subcommand uses the port it really
+//! listens on and says so, naming both.
 
 use std::process::ExitCode;
 
@@ -40,7 +44,10 @@ struct StatusReport {
     running: bool,
     pid: Option<u32>,
     data_dir: Option<String>,
+    /// The port it listens on when it runs (else the one `up` would start it on).
     port: Option<u16>,
+    /// Set when it runs on another port than `LAB_PGPORT` (or the default) asks for.
+    port_notice: Option<String>,
     worlds: Option<i64>,
     fortunes: Option<i64>,
     query_counting: QueryCountingReport,
@@ -84,18 +91,19 @@ pub fn run(cmd: DbCommand) -> Result<ExitCode> {
                 }
                 Database::Embedded(config) => {
                     let cluster = Cluster::new(config.clone())?;
-                    let outcome = cluster.up()?;
+                    let (outcome, live) = cluster.up_as_running()?;
                     let verb = match outcome {
                         UpOutcome::Started => "started",
                         UpOutcome::AlreadyRunning => "already running",
                     };
                     eprintln!(
                         "PostgreSQL {verb} on 127.0.0.1:{} (data in {}); migrated and seeded.",
-                        config.port,
-                        config.data_dir.display()
+                        live.port,
+                        live.data_dir.display()
                     );
+                    say_port_notice(config.port_notice(&live));
                     eprintln!("{}", cluster.query_counting().describe());
-                    config.url()
+                    live.url()
                 }
             };
             eprintln!("export DATABASE_URL={url}");
@@ -109,10 +117,11 @@ pub fn run(cmd: DbCommand) -> Result<ExitCode> {
                 Ok(ExitCode::SUCCESS)
             }
             Database::Embedded(config) => {
+                let port = config.as_running().port;
                 if Cluster::new(config.clone())?.down()? {
-                    eprintln!("PostgreSQL on 127.0.0.1:{} stopped.", config.port);
+                    eprintln!("PostgreSQL on 127.0.0.1:{port} stopped.");
                 } else {
-                    eprintln!("PostgreSQL on 127.0.0.1:{} was not running.", config.port);
+                    eprintln!("PostgreSQL on 127.0.0.1:{port} was not running.");
                 }
                 Ok(ExitCode::SUCCESS)
             }
@@ -137,6 +146,7 @@ pub fn run(cmd: DbCommand) -> Result<ExitCode> {
             })
         }
         DbCommand::Url => {
+            say_port_notice(database.port_notice());
             println!("{}", database.url());
             Ok(ExitCode::SUCCESS)
         }
@@ -150,6 +160,7 @@ pub fn run(cmd: DbCommand) -> Result<ExitCode> {
                 Database::Embedded(config) => Cluster::new(config.clone())?.reset()?,
             }
             eprintln!("Re-seeded {}.", db::redact(&database.url()));
+            say_port_notice(database.port_notice());
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -167,6 +178,7 @@ fn status(database: &Database) -> Result<StatusReport> {
                 pid: None,
                 data_dir: None,
                 port: None,
+                port_notice: None,
                 worlds: contents.map(|c| c.worlds),
                 fortunes: contents.map(|c| c.fortunes),
                 query_counting: query_counting.into(),
@@ -176,11 +188,12 @@ fn status(database: &Database) -> Result<StatusReport> {
             let status = Cluster::new(config.clone())?.status();
             StatusReport {
                 kind: "embedded",
-                url: config.url(),
+                url: status.config.url(),
                 running: status.pid.is_some(),
                 pid: status.pid,
-                data_dir: Some(config.data_dir.display().to_string()),
-                port: Some(config.port),
+                data_dir: Some(status.config.data_dir.display().to_string()),
+                port: Some(status.config.port),
+                port_notice: status.port_notice,
                 worlds: status.contents.map(|c| c.worlds),
                 fortunes: status.contents.map(|c| c.fortunes),
                 query_counting: status.query_counting.into(),
@@ -208,12 +221,22 @@ fn print_status(r: &StatusReport) {
         ),
     }
     println!("  url:  {}", db::redact(&r.url));
+    if let Some(notice) = &r.port_notice {
+        println!("  note: {notice}");
+    }
     if let (Some(w), Some(f)) = (r.worlds, r.fortunes) {
         println!("  rows: {w} world, {f} fortune");
     }
     println!("  {}", r.query_counting.line);
     if !r.running && r.kind == "embedded" {
         println!("  start it with: lab db up");
+    }
+}
+
+/// On standard error, so that `lab db url`'s output stays the URL alone.
+fn say_port_notice(notice: Option<String>) {
+    if let Some(notice) = notice {
+        eprintln!("note: {notice}");
     }
 }
 

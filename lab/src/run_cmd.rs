@@ -307,6 +307,9 @@ pub fn execute(args: &RunArgs) -> Result<Run> {
                 "lab run: preparing the database ({})",
                 db::redact(&database.url())
             );
+            if let Some(notice) = database.port_notice() {
+                eprintln!("lab run: note: {notice}");
+            }
             let data_dir = match &database {
                 db::Database::Embedded(config) => Some(config.data_dir.clone()),
                 db::Database::External { .. } => None,

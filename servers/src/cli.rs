@@ -257,7 +257,7 @@ impl Args {
     pub fn database_url(&self) -> String {
         self.database_url
             .clone()
-            .unwrap_or_else(|| db::ClusterConfig::standard().url())
+            .unwrap_or_else(|| db::ClusterConfig::standard().as_running().url())
     }
 
     pub fn workers(&self) -> usize {

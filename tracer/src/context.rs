@@ -219,7 +219,7 @@ impl Context {
                 .and_then(|u| DbEndpoint::from_url(&u))
                 .unwrap_or_else(|| DbEndpoint::Tcp {
                     host: "127.0.0.1".into(),
-                    port: db::ClusterConfig::standard().port,
+                    port: db::ClusterConfig::standard().as_running().port,
                 })
         });
         let mut c = Context {

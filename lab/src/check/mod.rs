@@ -295,6 +295,9 @@ fn execute(args: &CheckArgs) -> Result<u8> {
                 "lab check: preparing the database ({})",
                 db::redact(&database.url())
             );
+            if let Some(notice) = database.port_notice() {
+                eprintln!("lab check: note: {notice}");
+            }
             Some(database.ensure_ready()?)
         }
         _ => None,
