@@ -1,5 +1,8 @@
 //! How the report writes values: HTML escaping, numbers with as many digits as they
-//! deserve, durations, sizes and dates. Shared by the page and its charts.
+//! deserve, durations, sizes and dates, and the "How to read this" line that opens a
+//! section. Shared by the page's sections and its charts.
+
+use std::fmt::Write as _;
 
 /// HTML-escapes text for element content and attribute values.
 pub(super) fn esc(s: &str) -> String {
@@ -17,6 +20,15 @@ pub(super) fn esc(s: &str) -> String {
         }
     }
     o
+}
+
+/// The "How to read this" line under a section's or chart's title.
+pub(super) fn how(o: &mut String, text: &str) {
+    let _ = writeln!(
+        o,
+        "<p class=\"how\"><span>How to read this:</span> {}</p>",
+        esc(text)
+    );
 }
 
 pub(super) fn ellipsis(s: &str, max: usize) -> String {

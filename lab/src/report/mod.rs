@@ -1,13 +1,19 @@
 //! Reports made from a finished run (`results/<run-id>/run.json`).
 //!
-//! [`html`] renders the self-contained HTML page (`report.html`); its charts are inline
-//! SVG drawn by [`charts`], so the page works offline and needs no chart library;
-//! `format` writes values (numbers, durations, sizes, dates, escaping) for both. What each
-//! chart shows is documented in `docs/report.md`.
+//! [`html`] renders the self-contained HTML page (`report.html`): its skeleton and the
+//! result sections, with the flame graphs in `flamegraphs` (files inlined as data by
+//! `embed`), the notes and configuration in `run_info`, and the style sheet and script in
+//! `page.css` and `page.js`. Its charts are inline SVG drawn by [`charts`], so the page
+//! works offline and needs no chart library; `format` writes values (numbers, durations,
+//! sizes, dates, escaping) for all of them. What each chart shows is documented in
+//! `docs/report.md`.
 
 pub mod charts;
+mod embed;
+mod flamegraphs;
 mod format;
 pub mod html;
+mod run_info;
 
 /// How far the best setups go, for the reader of a run's figures (usually the defaults'):
 /// measured beside the fastest Rust entry of TechEmpower in the same runs, with the flags
