@@ -807,6 +807,10 @@ impl AsyncStore for RuntimeStore {
         self.local.ping().await
     }
 
+    fn keeps_deadline(&self) -> bool {
+        self.local.keeps_deadline()
+    }
+
     fn pool_state(&self) -> (usize, usize) {
         self.all.iter().fold((0, 0), |(in_use, idle), pool| {
             let (u, i) = pool.pool_state();
