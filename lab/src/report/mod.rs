@@ -20,7 +20,7 @@ mod run_info;
 /// that get there. The figures and how they were measured: docs/benchmarks.md, "The best
 /// setups against may-minihttp".
 pub const BEST_SETUP: &str = "How far the best setups go against may-minihttp's TechEmpower \
-entry, same run (median of per-round ratios, six runs; docs/benchmarks.md): `server \
+entry, same run (median of per-round ratios, seven runs; docs/benchmarks.md): `server \
 --variant epoll --runtime per-core --db-client pipelined --queries-mode in-flight` /plaintext \
 1.04-1.19, /json 0.98-1.16, /db 0.81-0.99, /fortunes 0.93-1.02, /queries 0.92-1.36, /updates \
 0.81-1.02; `server --variant io-uring --db-client pipelined --queries-mode in-flight \
