@@ -551,7 +551,7 @@ fn database_stops_answering(setup: &str) {
         assert_eq!(get(addr, "/db").status, 200);
     }
 
-    let processes = cluster_processes(&cluster.config().data_dir);
+    let processes = cluster_processes(cluster.config());
     // Continued however the test ends (declared after the cluster, so dropped before it:
     // a stopped PostgreSQL cannot be shut down).
     let _resume = Resume(processes.clone());
@@ -587,11 +587,10 @@ fn database_stops_answering(setup: &str) {
     assert!(status.success());
 }
 
-/// The postmaster of the cluster in `data_dir` (first line of `postmaster.pid`) and its
-/// children (the backends and background workers).
-fn cluster_processes(data_dir: &std::path::Path) -> Vec<i32> {
-    let text = std::fs::read_to_string(data_dir.join("postmaster.pid")).expect("postmaster.pid");
-    let postmaster: i32 = text.lines().next().unwrap().trim().parse().unwrap();
+/// The postmaster of a running cluster (as its `postmaster.pid` names it) and its children
+/// (the backends and background workers).
+fn cluster_processes(config: &ClusterConfig) -> Vec<i32> {
+    let postmaster = config.postmaster().expect("the cluster runs").pid as i32;
     let mut processes = vec![postmaster];
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
