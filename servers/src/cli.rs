@@ -115,6 +115,13 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = DbClient::Sqlx)]
     pub db_client: DbClient,
 
+    /// `--db-client pipelined`: when the kernel wakes a connection's reader for the answers
+    /// PostgreSQL sends, one per query. `per-answer`: at each. `per-request`: once the
+    /// oldest waiting request's answers can all be there (SO_RCVLOWAT, TCP only), so a
+    /// twenty-query request wakes its thread a few times instead of twenty.
+    #[arg(long, value_enum, default_value_t = DbWake::PerAnswer)]
+    pub db_wake: DbWake,
+
     /// `epoll`: how tokio's runtime is laid out. `shared`: one multi-thread runtime whose
     /// `--workers` steal each other's tasks and share one listener. `per-core`: one
     /// current-thread runtime per worker, each with its own `SO_REUSEPORT` listener and
@@ -180,6 +187,12 @@ pub enum DbClient {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DbWake {
+    PerAnswer,
+    PerRequest,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum RuntimeLayout {
     Shared,
     PerCore,
@@ -224,10 +237,17 @@ impl Args {
                 "--db-client pipelined needs an async variant (epoll or io-uring): a blocking thread cannot share its connection"
             );
         }
+        let wake_per_request = self.db_wake == DbWake::PerRequest;
+        if wake_per_request && self.db_client != DbClient::Pipelined {
+            anyhow::bail!(
+                "--db-wake per-request needs --db-client pipelined: sqlx and the blocking client wait for one answer at a time"
+            );
+        }
         Ok(crate::database::Knobs {
             prepared: self.prepared == OnOff::On,
             bulk_updates: self.updates == UpdatesMode::Bulk,
             queries_in_flight,
+            wake_per_request,
         })
     }
 
@@ -326,5 +346,21 @@ mod tests {
             knobs(&["--variant", variant]).unwrap();
         }
         assert!(knobs(&["--db-client", "pooled"]).is_err());
+    }
+
+    #[test]
+    fn waking_per_request_is_the_pipelined_clients() {
+        let on = ["--db-client", "pipelined", "--db-wake", "per-request"];
+        assert!(knobs(&on).unwrap().wake_per_request);
+        assert!(
+            !knobs(&["--db-client", "pipelined"])
+                .unwrap()
+                .wake_per_request
+        );
+        let error = knobs(&["--db-wake", "per-request"]).unwrap_err();
+        assert!(
+            error.to_string().contains("needs --db-client pipelined"),
+            "{error}"
+        );
     }
 }

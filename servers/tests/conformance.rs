@@ -523,13 +523,107 @@ mod pipelined_knobs {
 
     #[test]
     fn db_queries_fortunes_and_updates() {
+        SETUPS.into_iter().for_each(super::database_routes);
+    }
+}
+
+/// Every route that queries the database, on one setup.
+fn database_routes(setup: &str) {
+    db_route(setup);
+    queries_clamping(setup);
+    fortunes(setup);
+    updates_persist(setup);
+}
+
+/// The pipelined client with `--db-wake per-request` (SO_RCVLOWAT on its sockets): every
+/// database route still answers, a database that goes away or stops answering still gets
+/// 503 and recovery (the kernel must never be left waiting for bytes that cannot come),
+/// and the reader really is woken less often.
+mod pipelined_wake_per_request {
+    const SETUPS: [&str; 2] = [
+        "epoll+per-core+pipelined+wake-per-request",
+        "io-uring+pipelined+wake-per-request",
+    ];
+
+    #[test]
+    fn db_queries_fortunes_and_updates() {
         for setup in SETUPS {
-            super::db_route(setup);
-            super::queries_clamping(setup);
-            super::fortunes(setup);
-            super::updates_persist(setup);
+            super::database_routes(setup);
+            super::pipelined_in_order(setup);
         }
     }
+
+    #[test]
+    fn database_outage() {
+        super::database_outage(SETUPS[1]);
+    }
+
+    #[test]
+    fn database_stops_answering() {
+        super::database_stops_answering(SETUPS[0]);
+    }
+
+    #[test]
+    fn fewer_wakeups_per_request() {
+        super::fewer_wakeups_per_request();
+    }
+}
+
+/// A `/updates?queries=20` request gets twenty-one answers from PostgreSQL, each its own
+/// segment. Woken per answer, the server's thread blocks and wakes again many times per
+/// request; woken per request, a few times. Counted as the server's voluntary context
+/// switches (each is a thread going to sleep to wait) over sequential requests, one
+/// server of each kind taking turns so that the machine's load weighs on both alike.
+fn fewer_wakeups_per_request() {
+    const REQUESTS: usize = 100;
+    let url = support::database_url();
+    let start_one = |wake: &str| {
+        let mut options = support::launch_options("epoll+per-core+pipelined", &url);
+        options.extra_args.extend(
+            ["--workers", "1", "--db-wake", wake]
+                .into_iter()
+                .map(String::from),
+        );
+        support::start_with(options)
+    };
+    let per_answer = start_one("per-answer");
+    let per_request = start_one("per-request");
+    let mut switches = [0u64; 2];
+    for _round in 0..3 {
+        for (total, server) in switches.iter_mut().zip([&per_answer, &per_request]) {
+            let mut client = Http::connect(server.addr());
+            assert_eq!(client.get("/updates?queries=20").status, 200);
+            let before = voluntary_switches(server.pid());
+            for _ in 0..REQUESTS {
+                assert_eq!(client.get("/updates?queries=20").status, 200);
+            }
+            // saturating: a thread that ended meanwhile takes its count with it.
+            *total += voluntary_switches(server.pid()).saturating_sub(before);
+        }
+    }
+    let [answer, request] = switches.map(|n| n as f64 / (3 * REQUESTS) as f64);
+    eprintln!("voluntary switches per /updates?queries=20 request: per-answer {answer:.1}, per-request {request:.1}");
+    assert!(
+        request < 0.75 * answer,
+        "woken per request, the server slept {request:.1} times per request; per answer {answer:.1}"
+    );
+}
+
+/// The voluntary context switches of every thread of a process so far.
+fn voluntary_switches(pid: u32) -> u64 {
+    let mut total = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        total += status
+            .lines()
+            .find_map(|line| line.strip_prefix("voluntary_ctxt_switches:"))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    total
 }
 
 /// A database that stops answering without closing anything (every PostgreSQL process of a

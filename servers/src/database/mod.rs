@@ -26,6 +26,9 @@ pub struct Knobs {
     /// `/queries` sends all its queries at once over several connections (async variants
     /// only), or one after another on one connection.
     pub queries_in_flight: bool,
+    /// The pipelined client's reader is woken once the oldest waiting request's answers
+    /// can all be in (`SO_RCVLOWAT`), not at each answer (`pipelined::connection::Wake`).
+    pub wake_per_request: bool,
 }
 
 impl Default for Knobs {
@@ -34,6 +37,7 @@ impl Default for Knobs {
             prepared: true,
             bulk_updates: true,
             queries_in_flight: false,
+            wake_per_request: false,
         }
     }
 }

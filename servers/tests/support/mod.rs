@@ -42,6 +42,8 @@ pub fn launch_options(setup: &str, database_url: &str) -> LaunchOptions {
             // one UPDATE per row.
             "unprepared" => ["--prepared", "off"],
             "row-updates" => ["--updates", "row"],
+            // The pipelined client's reader woken per request, not per answer.
+            "wake-per-request" => ["--db-wake", "per-request"],
             other => panic!("unknown setup part {other:?} in {setup:?}"),
         };
         options.extra_args.extend(flag.map(String::from));

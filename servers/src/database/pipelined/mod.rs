@@ -27,6 +27,13 @@
 //! on what the reads return, so the request is one round trip, not two, and PostgreSQL
 //! still runs every read before the write (one connection's statements run in order).
 //!
+//! PostgreSQL still flushes at every Sync, so the answers come back one segment each, and
+//! a reader asleep in `epoll_wait` is woken by every one. `--db-wake per-request` sets the
+//! socket's receive low-water mark (`SO_RCVLOWAT`) to the fewest bytes the oldest waiting
+//! request's answers can take, so the kernel wakes the reader when that request can be
+//! complete: a few wake-ups for a twenty-query request instead of one per answer
+//! ([`connection::Wake`]).
+//!
 //! # Which connection
 //! io-uring builds one [`Pipelined`] per tokio-uring runtime, with one connection: its
 //! socket is driven by that runtime's epoll, and only that thread touches it. epoll builds
@@ -130,19 +137,22 @@ impl Pipelined {
         if let Some(open) = slot.open() {
             return Ok(open);
         }
-        let connection = Arc::new(startup::connect(&self.config).await?);
+        let connection =
+            Arc::new(startup::connect(&self.config, self.knobs.wake_per_request).await?);
         *slot.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(connection.clone());
         Ok(connection)
     }
 
     /// Queues `statement` (prepared) with `values`: it leaves with the next batch.
+    /// `ends_request`: the request queues nothing more before awaiting.
     fn submit(
         connection: &Connection,
         statement: &Statement,
         values: &[Value<'_>],
         expect: Expect,
+        ends_request: bool,
     ) -> Result<Reply, DatabaseError> {
-        connection.submit(expect, |buf| {
+        connection.submit(expect, ends_request, |buf| {
             wire::execute(statement.name, values, false, buf)
         })
     }
@@ -157,18 +167,18 @@ impl Pipelined {
         expect: Expect,
     ) -> Result<Reply, DatabaseError> {
         if self.knobs.prepared {
-            return Self::submit(connection, statement, values, expect);
+            return Self::submit(connection, statement, values, expect, true);
         }
         let name = format!("once{}", self.one_off.fetch_add(1, Ordering::Relaxed));
         connection
-            .submit(Expect::Nothing, |buf| {
+            .submit(Expect::Nothing, true, |buf| {
                 wire::parse(&name, statement, buf)?;
                 postgres_protocol::message::frontend::sync(buf);
                 Ok(())
             })?
             .done()
             .await?;
-        connection.submit(expect, |buf| wire::execute(&name, values, true, buf))
+        connection.submit(expect, true, |buf| wire::execute(&name, values, true, buf))
     }
 
     /// One `world` row, prepared or not.
@@ -187,17 +197,31 @@ impl Pipelined {
         if !self.knobs.prepared {
             return try_join_all(ids.iter().map(|&id| self.world_on(connection, id))).await;
         }
-        let replies = queue_worlds(connection, ids)?;
+        let replies = queue_worlds(connection, ids, true)?;
         read_worlds(replies, ids).await
     }
 }
 
-/// Queues one prepared `world` query per id.
-fn queue_worlds(connection: &Connection, ids: &[i32]) -> Result<Vec<Reply>, DatabaseError> {
+/// Queues one prepared `world` query per id; `ends_request`: the request queues nothing
+/// after them.
+fn queue_worlds(
+    connection: &Connection,
+    ids: &[i32],
+    ends_request: bool,
+) -> Result<Vec<Reply>, DatabaseError> {
+    let last = ids.len().saturating_sub(1);
     ids.iter()
-        .map(|&id| {
+        .enumerate()
+        .map(|(i, &id)| {
             let select = [Value::Int4(id)];
-            Pipelined::submit(connection, &wire::SELECT_WORLD, &select, Expect::World)
+            let ends = ends_request && i == last;
+            Pipelined::submit(
+                connection,
+                &wire::SELECT_WORLD,
+                &select,
+                Expect::World,
+                ends,
+            )
         })
         .collect()
 }
@@ -247,12 +271,13 @@ impl AsyncStore for Pipelined {
             // connection's statements in the order they were sent, so every row is still
             // read before it is written. A failed read fails the request (503), as it
             // would have before the write.
-            let reads = queue_worlds(&connection, &ids)?;
+            let reads = queue_worlds(&connection, &ids, false)?;
             let write = Self::submit(
                 &connection,
                 &wire::UPDATE_WORLDS_BULK,
                 &bulk,
                 Expect::Nothing,
+                true,
             )?;
             read_worlds(reads, &ids).await?;
             write.done().await?;
@@ -295,7 +320,7 @@ impl AsyncStore for Pipelined {
     async fn ping(&self) -> Result<(), DatabaseError> {
         let connection = self.connection().await?;
         connection
-            .submit(Expect::Nothing, |buf| {
+            .submit(Expect::Nothing, true, |buf| {
                 postgres_protocol::message::frontend::query(db::sql::PING, buf)
                     .map_err(|e| DatabaseError::Driver(format!("encoding a query: {e}")))
             })?

@@ -5,6 +5,7 @@
 //! No TLS: the lab's PostgreSQL is on loopback or the lab's own network namespaces, as for
 //! the other clients (they connect with `NoTls` / `sslmode` unset too).
 
+use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -14,7 +15,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_postgres::config::Host;
 use tokio_postgres::Config;
 
-use super::connection::Connection;
+use super::connection::{Connection, Wake};
 use super::wire;
 use crate::app::DatabaseError;
 
@@ -22,8 +23,10 @@ use crate::app::DatabaseError;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Opens a connection and prepares [`wire::STATEMENTS`] on it.
-pub async fn connect(config: &Config) -> Result<Connection, DatabaseError> {
-    tokio::time::timeout(CONNECT_TIMEOUT, open(config))
+/// `wake_per_request`: see [`Wake::PerRequest`] (TCP only: a Unix socket's readiness does
+/// not look at the low-water mark).
+pub async fn connect(config: &Config, wake_per_request: bool) -> Result<Connection, DatabaseError> {
+    tokio::time::timeout(CONNECT_TIMEOUT, open(config, wake_per_request))
         .await
         .unwrap_or_else(|_| {
             Err(DatabaseError::Driver(format!(
@@ -33,7 +36,7 @@ pub async fn connect(config: &Config) -> Result<Connection, DatabaseError> {
         })
 }
 
-async fn open(config: &Config) -> Result<Connection, DatabaseError> {
+async fn open(config: &Config, wake_per_request: bool) -> Result<Connection, DatabaseError> {
     let port = config.get_ports().first().copied().unwrap_or(5432);
     let io = |what: String| {
         move |error: std::io::Error| DatabaseError::Driver(format!("{what}: {error}"))
@@ -46,7 +49,7 @@ async fn open(config: &Config) -> Result<Connection, DatabaseError> {
                 .map_err(io(format!("connecting to {}", path.display())))?;
             let received = handshake(&mut stream, config).await?;
             let (reader, writer) = stream.into_split();
-            Ok(Connection::start(reader, writer, received))
+            Ok(Connection::start(reader, writer, received, Wake::PerAnswer))
         }
         host => {
             let name = match host {
@@ -61,8 +64,13 @@ async fn open(config: &Config) -> Result<Connection, DatabaseError> {
                 .set_nodelay(true)
                 .map_err(io("setting TCP_NODELAY".into()))?;
             let received = handshake(&mut stream, config).await?;
+            let wake = if wake_per_request {
+                Wake::PerRequest(stream.as_raw_fd())
+            } else {
+                Wake::PerAnswer
+            };
             let (reader, writer) = stream.into_split();
-            Ok(Connection::start(reader, writer, received))
+            Ok(Connection::start(reader, writer, received, wake))
         }
     }
 }
