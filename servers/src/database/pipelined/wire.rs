@@ -213,7 +213,7 @@ pub fn fortune_row(body: &[u8]) -> Result<Fortune, DatabaseError> {
     // The hot path: two columns, a 4-byte id and the text, read without a column list.
     if let [0, 2, 0, 0, 0, 4, a, b, c, d, l0, l1, l2, l3, ref text @ ..] = *body {
         if i32::from_be_bytes([l0, l1, l2, l3]) as usize == text.len() {
-            let message = std::str::from_utf8(text)
+            let message = simdutf8::basic::from_utf8(text)
                 .map_err(|_| DatabaseError::Driver("unexpected column 1: not UTF-8".into()))?;
             return Ok(Fortune {
                 id: i32::from_be_bytes([a, b, c, d]),
