@@ -115,6 +115,12 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = DbClient::Sqlx)]
     pub db_client: DbClient,
 
+    /// `--db-client pipelined`: connections each runtime thread shares among its requests
+    /// (default 1; epoll's shared runtime opens this many per worker). A request takes
+    /// them in turn, so one server thread can keep several PostgreSQL backends busy.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub db_shared: Option<u32>,
+
     /// `--db-client pipelined`: when the kernel wakes a connection's reader for the answers
     /// PostgreSQL sends, one per query. `per-answer`: at each. `per-request`: once the
     /// oldest waiting request's answers can all be there (SO_RCVLOWAT, TCP only), so a
@@ -237,6 +243,11 @@ impl Args {
                 "--db-client pipelined needs an async variant (epoll or io-uring): a blocking thread cannot share its connection"
             );
         }
+        if self.db_shared.is_some() && self.db_client != DbClient::Pipelined {
+            anyhow::bail!(
+                "--db-shared needs --db-client pipelined: sqlx's pool lends each connection to one request (its size is --pool-size)"
+            );
+        }
         let wake_per_request = self.db_wake == DbWake::PerRequest;
         if wake_per_request && self.db_client != DbClient::Pipelined {
             anyhow::bail!(
@@ -254,6 +265,12 @@ impl Args {
     /// How long an idle SQPOLL thread spins before it sleeps, when `--sqpoll on`.
     pub fn sqpoll_idle_ms(&self) -> Option<u32> {
         (self.sqpoll == OnOff::On).then_some(SQPOLL_IDLE_MS)
+    }
+
+    /// Pipelined connections per runtime thread (`--db-shared`; checked against the client
+    /// by [`Args::knobs`]).
+    pub fn db_shared(&self) -> usize {
+        self.db_shared.map_or(1, |n| n as usize)
     }
 
     /// Whether client I/O uses registered buffers (`--registered-buffers on`; checked

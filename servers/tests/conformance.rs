@@ -569,6 +569,35 @@ mod pipelined_wake_per_request {
     }
 }
 
+/// `--db-shared 2`: one runtime thread whose requests take two pipelined connections in
+/// turn. Both open (two PostgreSQL backends answer), and every database route works.
+mod pipelined_shared_connections {
+    const SETUPS: [&str; 2] = [
+        "io-uring+pipelined+one-worker+shared-2",
+        "epoll+per-core+pipelined+one-worker+shared-2+wake-per-request",
+    ];
+
+    #[test]
+    fn both_connections_serve() {
+        for setup in SETUPS {
+            super::database_routes(setup);
+            let server = super::start(setup);
+            for _ in 0..8 {
+                assert_eq!(super::get(server.addr(), "/db").status, 200);
+            }
+            let metrics = super::get(server.addr(), "/metrics").text();
+            let open = metrics
+                .lines()
+                .find(|line| {
+                    line.starts_with("lab_db_pool_connections{") && line.contains("in_use")
+                })
+                .and_then(|line| line.rsplit(' ').next())
+                .unwrap_or_else(|| panic!("{setup}: no open-connections gauge in\n{metrics}"));
+            assert_eq!(open, "2", "{setup}: connections open after 8 requests");
+        }
+    }
+}
+
 /// A `/updates?queries=20` request gets twenty-one answers from PostgreSQL, each its own
 /// segment. Woken per answer, the server's thread blocks and wakes again many times per
 /// request; woken per request, a few times. Counted as the server's voluntary context

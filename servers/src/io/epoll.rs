@@ -78,22 +78,23 @@ fn run_shared(args: &Args, setup: Setup) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
-    // The pipelined client shares one connection per worker thread.
+    // The pipelined client shares `--db-shared` connections per worker thread.
     let store = Arc::new(AsyncDatabase::new(
         args.db_client,
         &setup.url,
         args.pool_size(),
-        args.workers(),
+        args.workers() * args.db_shared(),
         setup.knobs,
     )?);
     runtime.block_on(async {
         let listener = listen(args.listen)?;
         tracing::info!(
-            "epoll variant serving http://{} with {} worker threads (one shared runtime), database client {:?} (up to {} pooled connections for sqlx, one shared per worker for pipelined), log {:?}",
+            "epoll variant serving http://{} with {} worker threads (one shared runtime), database client {:?} (up to {} pooled connections for sqlx, {} shared per worker for pipelined), log {:?}",
             listener.local_addr()?,
             args.workers(),
             args.db_client,
             args.pool_size(),
+            args.db_shared(),
             args.log
         );
         accept_loop(listener, &setup, store, true, super::shutdown_signal()).await;
@@ -109,8 +110,17 @@ fn run_per_core(args: &Args, setup: Setup) -> Result<()> {
     let sizes = super::split_pool(args.pool_size(), workers);
     let stores = sizes
         .iter()
-        // The pipelined client: one connection per runtime, used only by its thread.
-        .map(|&size| AsyncDatabase::new(args.db_client, &setup.url, size, 1, setup.knobs))
+        // The pipelined client: `--db-shared` connections per runtime (default one), used
+        // only by its thread.
+        .map(|&size| {
+            AsyncDatabase::new(
+                args.db_client,
+                &setup.url,
+                size,
+                args.db_shared(),
+                setup.knobs,
+            )
+        })
         .collect::<Result<Vec<_>>>()?;
     let (stop, stop_signal) = watch::channel(false);
     let (ended, ended_signal) = tokio::sync::mpsc::unbounded_channel::<usize>();
@@ -149,9 +159,10 @@ fn run_per_core(args: &Args, setup: Setup) -> Result<()> {
         }
         drop(ended);
         tracing::info!(
-            "epoll variant serving http://{addr} with {workers} per-core runtimes (one thread and SO_REUSEPORT listener each), database client {:?} ({}; pipelined: one per runtime), log {:?}",
+            "epoll variant serving http://{addr} with {workers} per-core runtimes (one thread and SO_REUSEPORT listener each), database client {:?} ({}; pipelined: {} per runtime), log {:?}",
             args.db_client,
             super::describe_split(&sizes),
+            args.db_shared(),
             args.log
         );
         // Stop the runtimes whatever happened here: the scope waits for their threads.

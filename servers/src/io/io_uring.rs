@@ -102,8 +102,10 @@ pub fn run(args: &Args) -> Result<()> {
     let sizes = super::split_pool(args.pool_size(), runtimes);
     let pools = sizes
         .iter()
-        // The pipelined client: one shared connection per runtime.
-        .map(|&size| AsyncDatabase::new(args.db_client, &url, size, 1, knobs).map(Arc::new))
+        // The pipelined client: `--db-shared` connections per runtime (default one).
+        .map(|&size| {
+            AsyncDatabase::new(args.db_client, &url, size, args.db_shared(), knobs).map(Arc::new)
+        })
         .collect::<Result<Vec<_>>>()?;
     let all_pools: Arc<[Arc<AsyncDatabase>]> = pools.clone().into();
 
@@ -224,9 +226,10 @@ pub fn run(args: &Args) -> Result<()> {
     }
 
     tracing::info!(
-        "io-uring variant serving http://{addr} with {runtimes} runtimes (one thread, io_uring and SO_REUSEPORT listener each), database client {:?} ({}; pipelined: one shared per runtime), log {:?}",
+        "io-uring variant serving http://{addr} with {runtimes} runtimes (one thread, io_uring and SO_REUSEPORT listener each), database client {:?} ({}; pipelined: {} shared per runtime), log {:?}",
         args.db_client,
         super::describe_split(&sizes),
+        args.db_shared(),
         args.log
     );
     for sender in &go {

@@ -44,6 +44,9 @@ pub fn launch_options(setup: &str, database_url: &str) -> LaunchOptions {
             "row-updates" => ["--updates", "row"],
             // The pipelined client's reader woken per request, not per answer.
             "wake-per-request" => ["--db-wake", "per-request"],
+            // One runtime thread sharing two pipelined connections.
+            "one-worker" => ["--workers", "1"],
+            "shared-2" => ["--db-shared", "2"],
             other => panic!("unknown setup part {other:?} in {setup:?}"),
         };
         options.extra_args.extend(flag.map(String::from));
