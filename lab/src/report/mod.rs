@@ -20,9 +20,9 @@ mod run_info;
 /// that get there. The figures and how they were measured: docs/benchmarks.md, "The best
 /// setups against may-minihttp".
 pub const BEST_SETUP: &str = "How far the best setups go against may-minihttp's TechEmpower \
-entry, same run (median of per-round ratios, seven runs; docs/benchmarks.md): `server \
---variant epoll --runtime per-core --db-client pipelined --queries-mode in-flight` /plaintext \
-1.04-1.19, /json 0.98-1.16, /db 0.81-0.99, /fortunes 0.93-1.02, /queries 0.92-1.36, /updates \
-0.81-1.02; `server --variant io-uring --db-client pipelined --queries-mode in-flight \
---registered-buffers on` 1.21-1.42, 1.26-1.40, 0.87-0.97, 0.90-1.03, 0.97-1.17, 0.81-1.00. The \
-defaults (sqlx's pool): 0.46-0.79 on the database tests.";
+entry, same run (median of per-round ratios, runs J-L of 2026-12-07; docs/benchmarks.md): \
+`server --variant io-uring --db-client pipelined --queries-mode in-flight --registered-buffers \
+on --db-wake per-request --workers 1 --db-shared 2` /plaintext 1.45-1.54, /json 1.40-1.51, /db \
+0.98-1.05, /fortunes 1.01-1.06, /queries 1.29-1.46, /updates 1.21-1.29; the same on `--variant \
+epoll --runtime per-core` (no registered buffers) 1.34-1.55, 1.35-1.42, 0.84-0.98, 0.90-0.96, \
+1.33-1.44, 1.24-1.30. The defaults (sqlx's pool): 0.49-0.72 on the database tests.";
