@@ -29,3 +29,4 @@ pub mod metrics;
 pub mod profile;
 pub mod render;
 pub mod rng;
+pub mod sockopt;

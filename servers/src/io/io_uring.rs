@@ -953,17 +953,7 @@ impl RingSocket {
 
     /// TCP_NODELAY, with setsockopt(2).
     fn set_nodelay(&self) {
-        let on: libc::c_int = 1;
-        // SAFETY: a valid descriptor, and a pointer to an int of the size given.
-        unsafe {
-            libc::setsockopt(
-                self.raw(),
-                libc::IPPROTO_TCP,
-                libc::TCP_NODELAY,
-                (&on as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            );
-        }
+        let _ = crate::sockopt::set_int(self.raw(), libc::IPPROTO_TCP, libc::TCP_NODELAY, 1);
     }
 }
 

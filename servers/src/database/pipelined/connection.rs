@@ -436,22 +436,7 @@ fn low_water_mark(queue: &VecDeque<Pending>, reading: Option<&Reading>, buffered
 /// is already there.
 fn set_receive_low_water(socket: RawFd, bytes: usize) -> std::io::Result<()> {
     let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
-    // SAFETY: an int option on a socket that the reader task's half keeps open; the
-    // pointer and length describe `value`.
-    let result = unsafe {
-        libc::setsockopt(
-            socket,
-            libc::SOL_SOCKET,
-            libc::SO_RCVLOWAT,
-            (&value as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if result == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    crate::sockopt::set_int(socket, libc::SOL_SOCKET, libc::SO_RCVLOWAT, value)
 }
 
 fn start_reading(shared: &Shared) -> Result<Reading, String> {
